@@ -1,0 +1,375 @@
+"""Typed run configuration: dataclasses, TOML in and out, dotted overrides, one-line errors.
+
+Resolution order, later wins: dataclass defaults < the task's ``defaults`` < the
+TOML file < ``--set section.key=value`` and shorthand flags. The resolved config
+is written to the run folder as ``config.toml`` and is enough to rerun exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from epochal.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 10  # upper bound: a gate or early stopping may end the run sooner
+    batch_size: int = 64  # examples per optimizer step, whatever grad_accum is
+    grad_accum: int = 1  # micro-batches per optimizer step: the same update with less memory
+    drop_last: bool = False  # drop an epoch's last incomplete batch (keeps every step the same size)
+    grad_clip: float = 1.0  # global-norm clipping threshold; 0 turns clipping off (the norm is still logged)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    log_every: int = 50  # steps between fetches of the on-device loss buffer (the only host syncs)
+    seed: int = 0  # seeds python, numpy, torch and the data order
+    deterministic: bool = False  # deterministic kernels: reproducible on GPU, somewhat slower
+    device: str = "auto"  # auto picks CUDA when present; or cpu, cuda, cuda:N
+    nan_policy: Literal["stop", "skip", "rollback"] = "stop"  # what a non-finite loss or grad norm does
+    max_rollbacks: int = 3  # rollback policy: give up (stop) after this many
+    rollback_lr_scale: float = 0.5  # rollback policy: learning-rate factor applied at each rollback
+    compile: bool = False  # torch.compile the model: faster steps on GPU after a warm-up
+    progress: bool = True  # tqdm bar per epoch
+
+    def validate(self) -> None:
+        _positive(self, "train", "max_epochs", "batch_size", "grad_accum", "eval_every", "log_every", "max_rollbacks")
+        _non_negative(self, "train", "grad_clip")
+        if self.grad_accum > self.batch_size:
+            raise ConfigError(f"train.grad_accum: {self.grad_accum} exceeds train.batch_size {self.batch_size}; allowed: 1..batch_size")
+        if not 0 < self.rollback_lr_scale <= 1:
+            raise ConfigError(f"train.rollback_lr_scale: {self.rollback_lr_scale} out of range; allowed: 0 < scale <= 1")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device: {self.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4  # peak learning rate of AdamW
+    weight_decay: float = 0.01  # decoupled decay, applied to weight matrices only (see decay_all)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decay rates
+    eps: float = 1e-8  # AdamW denominator guard
+    decay_all: bool = False  # also decay biases, norm weights and embeddings (off: they gain nothing from it)
+
+    def validate(self) -> None:
+        _positive(self, "optim", "lr", "eps")
+        _non_negative(self, "optim", "weight_decay")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas: {list(self.betas)} out of range; allowed: each in [0, 1)")
+
+
+@dataclass
+class ScheduleConfig:
+    kind: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
+    warmup_fraction: float = 0.1  # warmup as a share of all optimizer steps (seed 001: 10 %)
+    warmup_steps: int | None = None  # warmup as a step count; wins over the fraction (seed 004: 1000)
+    min_lr_ratio: float = 0.1  # final learning rate as a share of the peak (seed 000: 10 %)
+
+    def validate(self) -> None:
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"schedule.warmup_fraction: {self.warmup_fraction} out of range; allowed: 0 <= f < 1")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"schedule.warmup_steps: {self.warmup_steps} is negative; allowed: >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"schedule.min_lr_ratio: {self.min_lr_ratio} out of range; allowed: 0..1")
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = False  # keep an exponential moving average of the weights for eval and export
+    decay: float = 0.9999  # seed 004's decay; smaller for short runs
+    warmup: bool = False  # use min(decay, (1 + t) / (10 + t)) so early averages are not stuck at init
+
+    def validate(self) -> None:
+        if not 0 < self.decay < 1:
+            raise ConfigError(f"ema.decay: {self.decay} out of range; allowed: 0 < decay < 1")
+
+
+@dataclass
+class EarlyStopConfig:
+    enabled: bool = False  # stop when the metric has not improved for `patience` evaluations
+    metric: str = ""  # an evaluation metric name
+    mode: Literal["min", "max"] = "min"  # whether smaller or larger is better
+    patience: int = 20  # evaluations without improvement before stopping (seed 004: 20)
+    min_delta: float = 0.0  # improvement smaller than this does not count
+
+    def validate(self) -> None:
+        _non_negative(self, "early_stop", "patience", "min_delta")
+        if self.enabled and not self.metric:
+            raise ConfigError("early_stop.metric: required when early_stop.enabled; allowed: an evaluation metric name")
+
+
+@dataclass
+class GateConfig:
+    above: dict[str, float] = field(default_factory=dict)  # metric must be strictly greater than the value
+    below: dict[str, float] = field(default_factory=dict)  # metric must be strictly smaller than the value
+
+
+@dataclass
+class CheckpointConfig:
+    every_epochs: int = 1  # rolling checkpoint every N epochs (seed 001: every epoch); 0 turns it off
+    every_steps: int = 0  # also every N optimizer steps, mid-epoch; 0 turns it off
+    every_minutes: float = 0.0  # also every M minutes of training; 0 turns it off
+    keep_last: int = 3  # rolling checkpoints kept (gate and best are kept besides)
+    async_write: bool = True  # write in a background thread after copying the state off the device
+    best_metric: str = ""  # track best.pt by this evaluation metric; empty: no best.pt
+    best_mode: Literal["min", "max"] = "max"  # whether smaller or larger is better for best_metric
+
+    def validate(self) -> None:
+        _non_negative(self, "checkpoint", "every_epochs", "every_steps", "every_minutes")
+        _positive(self, "checkpoint", "keep_last")
+
+
+@dataclass
+class RunConfig:
+    task: Any  # the task's own settings dataclass; its name is task.name in TOML ([task] name = "...")
+    task_name: str = ""  # registered task name
+    experiment_id: str = ""  # run folder name; empty: <task>-<timestamp>
+    group: str = ""  # optional sub-folder of out_dir that gathers related runs (seed 004)
+    out_dir: str = "results"  # where run folders live
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir, self.group, self.experiment_id)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict, the shape of config.toml: the task's name lives in [task]."""
+        data = _plain(self)
+        data["task"] = {"name": data.pop("task_name"), **data["task"]}
+        return data
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(_drop_none(self.to_dict()))
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+_TOP_LEVEL = ("experiment_id", "group", "out_dir")
+
+
+def _positive(obj: Any, section: str, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{section}.{name}: {getattr(obj, name)} must be positive; allowed: > 0")
+
+
+def _non_negative(obj: Any, section: str, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 0:
+            raise ConfigError(f"{section}.{name}: {getattr(obj, name)} is negative; allowed: >= 0")
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _drop_none(data: Any) -> Any:
+    """TOML has no null: a None setting is left out and reads back as its default."""
+    if isinstance(data, dict):
+        return {k: _drop_none(v) for k, v in data.items() if v is not None}
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "none"
+    return getattr(tp, "__name__", str(tp)) if origin is None else str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in that type or raise naming ``key``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise bad
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        if origin is tuple:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table of settings, got {value!r}")
+        return build_dataclass(tp, value, key)
+    raise ConfigError(f"{key}: unsupported setting type {tp}")
+
+
+def build_dataclass(cls: type, data: dict, section: str) -> Any:
+    """An instance of ``cls`` from a dict: unknown keys, wrong types and missing fields name the key."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{section}.{unknown[0]}: unknown key; allowed: {', '.join(fields)}")
+    values = {name: _coerce(value, hints[name], f"{section}.{name}") for name, value in data.items()}
+    for name, f in fields.items():
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if no_default and name not in values:
+            raise ConfigError(f"{section}.{name}: required setting is missing ({_type_name(hints[name])})")
+    instance = cls(**values)
+    if hasattr(instance, "validate"):
+        instance.validate()
+    return instance
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Nested dict merge: tables merge key by key, everything else is replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", value); the value is read as TOML, else taken as a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def dotted_to_nested(overrides: dict[str, Any]) -> dict:
+    nested: dict = {}
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is a setting, not a section")
+        node[leaf] = value
+    return nested
+
+
+def load_toml(path: str | Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"--config {path}: not valid TOML ({err})") from None
+
+
+def resolve(task_name: str | None, layers: list[dict]) -> RunConfig:
+    """The RunConfig from nested-dict layers (task defaults first, overrides last)."""
+    from epochal.tasks import get_task
+
+    data = {}
+    for layer in layers:
+        data = merge(data, layer)
+    task_table = dict(data.pop("task", {}) or {})
+    name = task_name or task_table.get("name")
+    if not name:
+        raise ConfigError("task.name: no task given; pass one on the command line or set [task] name")
+    if task_table.get("name", name) != name:
+        raise ConfigError(f"task.name: the config is for {task_table['name']!r}, not {name!r}")
+    task_table.pop("name", None)
+    task = get_task(name)
+    data = merge(task.defaults, data)
+    unknown = sorted(set(data) - set(_SECTIONS) - set(_TOP_LEVEL))
+    if unknown:
+        allowed = ", ".join([*_TOP_LEVEL, *_SECTIONS, "task"])
+        raise ConfigError(f"{unknown[0]}: unknown section or key; allowed: {allowed}")
+    top = {k: _coerce(data[k], str, k) for k in _TOP_LEVEL if k in data}
+    sections = {k: build_dataclass(tp, data.get(k, {}), k) for k, tp in _SECTIONS.items()}
+    config = RunConfig(task=build_dataclass(task.Config, task_table, "task"), task_name=name, **top, **sections)
+    _default_best_metric(config)
+    task.validate(config)
+    return config
+
+
+_SECTIONS = {name: tp for name, tp in typing.get_type_hints(RunConfig).items() if dataclasses.is_dataclass(tp)}
+
+
+def _default_best_metric(config: RunConfig) -> None:
+    """best.pt follows the early-stopping metric unless another is named (seed 003, 5.7)."""
+    if config.checkpoint.best_metric == "" and config.early_stop.enabled:
+        config.checkpoint.best_metric = config.early_stop.metric
+        config.checkpoint.best_mode = config.early_stop.mode
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """A run folder's config.toml back as a RunConfig."""
+    return resolve(None, [load_toml(path)])
+
+
+def flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: for listing differing keys."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -1,0 +1,91 @@
+"""Training state that is not the model or optimizer, and the RNG capture that exact resume needs."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # completed epochs
+    batch_in_epoch: int = 0  # optimizer steps already done in the current epoch
+    step: int = 0  # optimizer steps done in total
+    curves: dict[str, list] = field(default_factory=dict)  # per step: train_loss, components; per eval: metrics
+    eval_epochs: list[int] = field(default_factory=list)  # the epoch (1-based) of each evaluation
+    bad_steps: list[int] = field(default_factory=list)  # steps whose loss or grad norm was not finite
+    rollbacks: int = 0
+    train_seconds: float = 0.0  # wall time spent training, summed over resumes
+    should_stop: bool = False
+    stop_reason: str = ""
+    status: str = "running"  # running, completed, preempted, failed
+
+    def stop(self, reason: str) -> None:
+        """Ask the loop to stop after the current step or epoch; the first reason wins."""
+        if not self.should_stop:
+            self.should_stop, self.stop_reason = True, reason
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def capture_rng() -> dict:
+    """Every generator a training step may draw from, as plain tensors and tuples (weights_only-safe)."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch; optionally force deterministic kernels.
+
+    Deterministic mode costs speed on GPU (some kernels fall back to slower
+    deterministic versions and cuDNN autotuning is off) and raises an error for
+    ops that have no deterministic implementation. On CPU it changes little.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True

@@ -1,0 +1,116 @@
+"""One optimizer step: autocast, accumulation, scaling, clipping, the non-finite check.
+
+Everything here stays on the device: the loss, the gradient norm and the
+non-finite flag are tensors written into per-epoch buffers that the loop fetches
+once per log interval. A step whose loss or gradient norm is not finite is
+skipped by the fused optimizer itself (its ``found_inf`` input), so bad numbers
+never reach the weights and the host learns of them at the next fetch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch import nn
+
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of a precision; fp32 runs without one."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+class StepBuffers:
+    """Per-step values of one epoch, kept on the device until the loop fetches them."""
+
+    def __init__(self, steps: int, device: torch.device):
+        self.steps, self.device = steps, device
+        self.values: dict[str, torch.Tensor] = {}
+
+    def write(self, index: int, values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            if name not in self.values:
+                self.values[name] = torch.zeros(self.steps, device=self.device, dtype=torch.float32)
+            self.values[name][index] = value.detach()
+
+    def fetch(self, start: int, stop: int) -> dict[str, list[float]]:
+        """The host copy of steps [start, stop): the only synchronisation of the training path."""
+        return {name: buffer[start:stop].tolist() for name, buffer in self.values.items()}
+
+
+class Step:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        device: torch.device,
+        precision: str,
+        grad_clip: float,
+        grad_accum: int,
+    ):
+        self.model, self.loss_fn = model, loss_fn
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.device, self.precision = device, precision
+        self.grad_clip, self.grad_accum = grad_clip, grad_accum
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        # fp16 needs loss scaling; bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Forward, backward and update on one batch; returns 0-dim device tensors to record."""
+        size = len(next(iter(batch.values())))
+        totals: dict[str, torch.Tensor] = {}
+        for micro in _split(batch, min(self.grad_accum, size)):
+            with autocast(self.device, self.precision):
+                parts = self.loss_fn(self.model, micro)
+            loss = parts["loss"]
+            if len(next(iter(micro.values()))) != size:
+                # Weighting by size makes the accumulated gradient that of the whole batch's mean.
+                share = len(next(iter(micro.values()))) / size
+                loss = loss * share
+                parts = {name: value.detach() * share for name, value in parts.items()}
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            for name, value in parts.items():
+                totals[name] = totals[name] + value.detach() if name in totals else value.detach().float()
+
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = self._clip()
+        # With fp16 an overflowing gradient is routine (the scaler skips the step and
+        # lowers the scale); only a non-finite loss counts as a bad number there.
+        bad = ~torch.isfinite(totals["loss"])
+        if not self.scaler:
+            bad = bad | ~torch.isfinite(grad_norm)
+            self.optimizer.found_inf = bad.float()
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {**totals, "grad_norm": grad_norm, "nonfinite": bad}
+
+    def _clip(self) -> torch.Tensor:
+        if self.grad_clip > 0:
+            return torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads, foreach=True)
+
+
+def _split(batch: dict[str, torch.Tensor], parts: int):
+    if parts == 1:
+        yield batch
+        return
+    chunks = {name: t.tensor_split(parts) for name, t in batch.items()}
+    for i in range(parts):
+        yield {name: c[i] for name, c in chunks.items()}

@@ -1,0 +1,147 @@
+# LEAD'S NOTE TO HELPERS (temporary, removed before commit): READ /work/main/HELPER_RULES.md FIRST.
+# It holds the rules I forgot to put in your brief: no git commits, the venv, fit()'s signature, config keys.
+"""The Task protocol and the lazy task registry.
+
+A task is the research-specific part of a run: it builds the model and data,
+computes the loss of a batch and evaluates the model. The core loop never
+imports a task module; it looks tasks up here by name, importing on first use.
+
+Writing a task::
+
+    @dataclass
+    class MyConfig:
+        hidden: int = 64   # width of the MLP: small enough for a CPU
+
+    class MyTask(Task):
+        name = "my-task"
+        summary = "one line for `epochal tasks`"
+        Config = MyConfig
+        defaults = {"train": {"max_epochs": 10}}   # core settings this task prefers
+
+        def build(self, cfg, run): ...     # -> Built
+        def loss(self, model, batch): ...  # -> {"loss": total, **components}
+        def evaluate(self, model, ctx): ...  # -> {"metric": float}
+
+    register_task(MyTask)
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from epochal.errors import ConfigError
+
+if TYPE_CHECKING:
+    from epochal.callbacks.base import Callback
+    from epochal.config import RunConfig
+
+
+@dataclass
+class Built:
+    """What a task hands the loop."""
+
+    model: nn.Module
+    # Training examples: a dict of equal-length tensors (moved to the device and
+    # batched by the loop), or a map-style Dataset whose items are such dicts
+    # (read through a DataLoader, for data that does not fit on the device).
+    train_data: dict[str, torch.Tensor] | torch.utils.data.Dataset
+    # Anything evaluate() and test() need: held-out data, a graph, an automaton.
+    eval_context: Any = None
+
+
+@dataclass
+class RunContext:
+    """Where and how a run happens, for tasks that write files or draw random numbers."""
+
+    dir: Path
+    device: torch.device
+    seed: int
+    config: "RunConfig"
+    extra: dict = field(default_factory=dict)
+
+    def numpy_rng(self, purpose: str) -> np.random.Generator:
+        """A generator seeded by (seed, purpose): data made with it does not depend on call order."""
+        return np.random.default_rng([self.seed, *purpose.encode()])
+
+    def torch_generator(self, purpose: str, device: torch.device | str = "cpu") -> torch.Generator:
+        """A torch generator seeded by (seed, purpose)."""
+        seed = int(self.numpy_rng(purpose).integers(2**62))
+        return torch.Generator(device=device).manual_seed(seed)
+
+
+class Task:
+    """Base class of tasks. Subclasses set the class attributes and the three methods."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Config: ClassVar[type]
+    # Nested overrides of the core config this task prefers, applied before the
+    # user's file and flags, e.g. {"train": {"batch_size": 64}, "gate": {...}}.
+    defaults: ClassVar[dict] = {}
+
+    def validate(self, config: "RunConfig") -> None:
+        """Raise ConfigError for a combination of settings this task cannot run."""
+
+    def build(self, cfg: Any, run: RunContext) -> Built:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"loss": total, **components}: 0-dim tensors on the device. No host sync here."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, ctx: Any) -> dict[str, float]:
+        """Metrics on held-out data; called in eval mode under no_grad, EMA weights swapped in."""
+        raise NotImplementedError
+
+    def test(self, model: nn.Module, ctx: Any) -> dict[str, float] | None:
+        """Final metrics on the test split, run on the last and on the best weights. None: no test."""
+        return None
+
+    def callbacks(self, cfg: Any, run: RunContext) -> list["Callback"]:
+        """Task-specific policy (e.g. saving attention maps); none by default."""
+        return []
+
+
+_REGISTRY: dict[str, type[Task] | str] = {
+    "walks": "epochal.tasks.walks.task:WalksTask",
+    "regex": "epochal.tasks.regex.task:RegexTask",
+    "flow": "epochal.tasks.flow.task:FlowTask",
+    "scratch-mlp": "epochal.scratch.task:ScratchMLPTask",
+    "toy": "epochal.tasks.toy:ToyTask",
+}
+
+
+def register_task(task: type[Task], name: str | None = None) -> type[Task]:
+    """Make a task available to fit() and the CLI under its name."""
+    _REGISTRY[name or task.name] = task
+    return task
+
+
+def _importable(target: type[Task] | str) -> bool:
+    if not isinstance(target, str):
+        return True
+    return importlib.util.find_spec(target.split(":")[0]) is not None
+
+
+def task_names() -> list[str]:
+    return sorted(name for name, target in _REGISTRY.items() if _importable(target))
+
+
+def get_task(name: str) -> Task:
+    """The task registered under ``name``; a ConfigError naming the choices otherwise."""
+    target = _REGISTRY.get(name)
+    if target is None or not _importable(target):
+        raise ConfigError(f"task: unknown task {name!r}; registered tasks: {', '.join(task_names())}")
+    if isinstance(target, str):
+        module_name, class_name = target.split(":")
+        target = getattr(importlib.import_module(module_name), class_name)
+        _REGISTRY[name] = target
+    return target()
