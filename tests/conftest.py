@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+# The test models are tiny: one thread is as fast and immune to oversubscription.
+torch.set_num_threads(1)
+
+
+def quiet(_message: str) -> None:
+    """fit(log=...) sink that keeps test output readable."""
+
+
+@pytest.fixture
+def run_toy(tmp_path):
+    """fit() of the built-in toy task into tmp_path with test-sized settings; returns the FitResult."""
+    from epochal import fit
+
+    def run(experiment_id: str = "run", task="toy", **overrides):
+        settings = {"train.max_epochs": 3, "train.progress": False, "task.n_train": 256, "task.n_eval": 128}
+        settings.update({k.replace("__", "."): v for k, v in overrides.pop("settings", {}).items()})
+        return fit(task, overrides=settings, out_dir=tmp_path, experiment_id=experiment_id, log=quiet, **overrides)
+
+    return run

@@ -1,0 +1,66 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from epochal.cli import main
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["run", "toy", "--set", "optim.lr=-1"], "optim.lr"),
+        (["run", "toy", "--set", "train.nope=1"], "train.nope: unknown key"),
+        (["run", "toy", "--epochs", "1", "--set", "schedule.warmup_steps=100000"], "schedule.warmup_steps"),
+        (["run", "no-such-task"], "unknown task 'no-such-task'"),
+        (["run", "toy", "--precision", "fp8"], "invalid choice: 'fp8'"),
+        (["run", "toy", "--config", "missing.toml"], "missing.toml: no such file"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_run_folder(capsys, tmp_path, args, fragment):
+    code, out, err = run_cli(capsys, *args, "--out", str(tmp_path), "--id", "bad")
+    assert code == 2
+    assert err.count("\n") == 1 and fragment in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_run_show_and_tasks(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "run", "toy", "--epochs", "2", "--out", str(tmp_path), "--id", "r",
+                           "--set", "task.n_train=128", "--no-progress")
+    assert code == 0 and str(tmp_path / "r") in out
+    code, out, _ = run_cli(capsys, "show", str(tmp_path / "r"))
+    assert code == 0 and "status completed" in out and "final eval_mse" in out and "best eval_mse" in out
+    code, out, _ = run_cli(capsys, "tasks")
+    assert code == 0 and any(line.startswith("toy") for line in out.splitlines())
+
+
+def test_rerun_of_an_existing_id_refuses_without_resume_or_overwrite(capsys, tmp_path):
+    args = ["run", "toy", "--epochs", "1", "--out", str(tmp_path), "--id", "r", "--set", "task.n_train=64", "--no-progress"]
+    assert run_cli(capsys, *args)[0] == 0
+    before = (tmp_path / "r" / "result.json").read_text()
+    code, _, err = run_cli(capsys, *args)
+    assert code == 1 and "run folder exists" in err
+    assert (tmp_path / "r" / "result.json").read_text() == before
+    assert run_cli(capsys, *args, "--overwrite")[0] == 0
+
+
+def test_shorthand_flags_reach_the_config(capsys, tmp_path):
+    run_cli(capsys, "run", "toy", "--epochs", "1", "--batch-size", "32", "--lr", "0.01", "--seed", "3",
+            "--out", str(tmp_path), "--id", "r", "--set", "task.n_train=64", "--no-progress")
+    text = (tmp_path / "r" / "config.toml").read_text()
+    for line in ("max_epochs = 1", "batch_size = 32", "lr = 0.01", "seed = 3"):
+        assert line in text
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "epochal.cli", "run", "toy", "--set", "train.batch_size=0",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "epochal: error: train.batch_size: 0 must be positive; allowed: > 0"

@@ -1,0 +1,73 @@
+import pytest
+
+from epochal.config import RunConfig, parse_override, resolve
+from epochal.errors import ConfigError
+
+
+def test_defaults_task_defaults_file_and_overrides_layer_in_order():
+    config = resolve("toy", [{"train": {"batch_size": 32}, "task": {"hidden": 8}}, {"train": {"batch_size": 16}}])
+    assert config.train.batch_size == 16  # override beats file
+    assert config.task.hidden == 8  # file beats the task's dataclass default
+    assert config.optim.lr == 3e-3  # the toy task's default beats the core default
+    assert config.checkpoint.best_metric == "eval_mse"
+
+
+def test_toml_round_trip_is_the_same_config():
+    config = resolve("toy", [{"gate": {"above": {"eval_mse": 0.5}}, "schedule": {"warmup_steps": 3}}])
+    import tomllib
+
+    again = resolve(None, [tomllib.loads(config.to_toml())])
+    assert again == config and again.hash() == config.hash()
+
+
+@pytest.mark.parametrize(
+    "layer, message",
+    [
+        ({"train": {"bogus": 1}}, "train.bogus: unknown key; allowed: max_epochs"),
+        ({"train": {"batch_size": "64"}}, "train.batch_size: expected int, got '64'"),
+        ({"train": {"batch_size": 1.5}}, "train.batch_size: expected int"),
+        ({"optim": {"lr": -1.0}}, "optim.lr: -1.0 must be positive"),
+        ({"early_stop": {"patience": -1}}, "early_stop.patience: -1 is negative"),
+        ({"train": {"precision": "fp8"}}, "train.precision: 'fp8' is not allowed; allowed: fp32, bf16, fp16"),
+        ({"optim": {"betas": [0.9]}}, "optim.betas: expected 2 values"),
+        ({"task": {"hidden": True}}, "task.hidden: expected int, got True"),
+        ({"nonsense": {}}, "nonsense: unknown section or key"),
+        ({"early_stop": {"enabled": True}}, "early_stop.metric: required"),
+    ],
+)
+def test_bad_settings_name_the_key_and_what_is_allowed(layer, message):
+    with pytest.raises(ConfigError) as err:
+        resolve("toy", [layer])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_task_lists_the_registered_ones():
+    with pytest.raises(ConfigError, match="unknown task 'nope'; registered tasks: .*toy"):
+        resolve("nope", [])
+
+
+def test_missing_required_task_field_is_named():
+    from dataclasses import dataclass
+
+    from epochal.config import build_dataclass
+
+    @dataclass
+    class Needs:
+        arch: str  # no default: required
+
+    with pytest.raises(ConfigError, match="task.arch: required setting is missing"):
+        build_dataclass(Needs, {}, "task")
+
+
+def test_overrides_parse_values_as_toml():
+    assert parse_override("train.lr=1e-3") == ("train.lr", 1e-3)
+    assert parse_override("gate.above={ acc = 0.9 }") == ("gate.above", {"acc": 0.9})
+    assert parse_override("train.device=cpu") == ("train.device", "cpu")
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        parse_override("train.lr")
+
+
+def test_run_dir_uses_group():
+    config = resolve("toy", [{"group": "sweep", "experiment_id": "a", "out_dir": "out"}])
+    assert isinstance(config, RunConfig) and str(config.run_dir) == "out/sweep/a"

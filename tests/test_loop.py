@@ -1,0 +1,78 @@
+import json
+import math
+
+import pytest
+import torch
+
+from epochal.checkpoint import CheckpointStore
+
+
+def read_history(run_dir):
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_tiny_run_reaches_a_loss_threshold_and_writes_the_run_folder(run_toy):
+    result = run_toy(settings={"train.max_epochs": 8, "task.n_train": 1024})
+    run_dir = result.run_dir
+    assert result.status == "completed"
+    assert result.metrics["eval_mse"] < 0.1  # initial MSE is ~0.5; the noise floor is 1e-4
+    for name in ("config.toml", "env.json", "history.jsonl", "result.json", "checkpoints/model.safetensors",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run_dir / name).exists(), name
+    saved = json.loads((run_dir / "result.json").read_text())
+    assert saved["status"] == "completed" and saved["epochs"] == 8
+    steps = saved["steps"]
+    assert steps == 8 * 16 and len(saved["curves"]["train_loss"]) == steps
+    assert len(saved["curves"]["eval_mse"]) == 8 and saved["eval_epochs"] == list(range(1, 9))
+    assert saved["test"]["last"]["eval_mse"] == pytest.approx(result.metrics["eval_mse"])
+    env = json.loads((run_dir / "env.json").read_text())
+    for key in ("epochal", "git", "python", "torch", "device", "host", "seed", "command", "started"):
+        assert key in env
+    history = read_history(run_dir)
+    step_lines = [h for h in history if "epoch_end" not in h]
+    assert [h["step"] for h in step_lines] == list(range(1, steps + 1))
+    assert {"step", "epoch", "loss", "lr", "grad_norm"} <= set(step_lines[0])
+    assert [h["epoch"] for h in history if "epoch_end" in h] == list(range(1, 9))
+
+
+def test_per_step_lr_follows_warmup_cosine(run_toy):
+    result = run_toy(settings={"train.max_epochs": 2, "schedule.warmup_steps": 4, "optim.lr": 0.01})
+    lrs = [h["lr"] for h in read_history(result.run_dir) if "epoch_end" not in h]
+    assert len(lrs) == 8  # 256 examples / 64 per step x 2 epochs
+    assert lrs[0] == 0.0 and lrs[2] == pytest.approx(0.005) and lrs[4] == pytest.approx(0.01)
+    assert lrs[7] == pytest.approx(0.01 * (0.1 + 0.45 * (1 + math.cos(math.pi * 3 / 4))))
+
+
+def test_gate_failure_is_flagged_in_result(run_toy):
+    result = run_toy(settings={"train.max_epochs": 1, "gate.below": {"eval_mse": 1e-9}})
+    meta = result.result["metadata"]
+    assert result.status == "completed"
+    assert meta["gate_passed"] is False and "gate not passed" in meta["failure_reason"]
+    assert meta["final_eval_mse"] == result.metrics["eval_mse"]
+
+
+def test_gate_pass_stops_and_keeps_a_gate_checkpoint(run_toy):
+    result = run_toy(settings={"train.max_epochs": 20, "gate.below": {"eval_mse": 10.0}})
+    assert result.result["epochs"] == 1 and result.result["metadata"]["gate_passed"] is True
+    assert "checkpoint_gate.pt" in result.result["checkpoints"]
+
+
+def test_early_stopping_keeps_a_best_that_differs_from_last(run_toy):
+    # A huge learning rate makes the eval metric get worse after the first epochs.
+    result = run_toy(settings={"train.max_epochs": 30, "optim.lr": 0.5, "early_stop.enabled": True,
+                               "early_stop.metric": "eval_mse", "early_stop.patience": 2})
+    best = result.result["best"]
+    assert "early stopping" in result.stop_reason and result.result["epochs"] < 30
+    assert best["epoch"] < result.result["epochs"]
+    store = CheckpointStore(result.run_dir / "checkpoints", keep_last=3)
+    best_model, last_model = store.load("best.pt")["model"], store.load("last.pt")["model"]
+    assert any(not torch.equal(best_model[k], last_model[k]) for k in best_model)
+    assert result.result["test"]["best"]["eval_mse"] < result.result["test"]["last"]["eval_mse"]
+
+
+def test_retention_keeps_the_last_k_rolling_checkpoints(run_toy):
+    result = run_toy(settings={"train.max_epochs": 6, "checkpoint.keep_last": 2})
+    rolling = [name for name in result.result["checkpoints"] if name.startswith("checkpoint_epoch")]
+    assert rolling == ["checkpoint_epoch_0005.pt", "checkpoint_epoch_0006.pt"]
+    assert sorted(p.name for p in (result.run_dir / "checkpoints").glob("checkpoint_*")) == rolling
