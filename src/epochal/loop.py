@@ -113,7 +113,6 @@ class Fit:
         stopper = EarlyStopping(es.metric, es.mode, es.patience, es.min_delta) if es.enabled else None
         policy = [cb for cb in (self.ema, stopper, self.gate, self.best) if cb is not None]
         self.callbacks = [*policy, *task.callbacks(config.task, run), *callbacks, Checkpointing(c)]
-        self.metrics: dict[str, float] = {}
         self.preempt_signal: int | None = None
         self._buffers: StepBuffers | None = None
         self._fetched = 0
@@ -163,17 +162,17 @@ class Fit:
         epoch = self.state.epoch + 1
         due = epoch % self.config.train.eval_every == 0 or epoch == self.config.train.max_epochs
         if due:
-            self.metrics = self.evaluate()
-            for name, value in self.metrics.items():
+            self.state.metrics = self.evaluate()
+            for name, value in self.state.metrics.items():
                 self.state.curves.setdefault(name, []).append(value)
             self.state.eval_epochs.append(epoch)
-            self.emit("on_eval_end", self.metrics)
+            self.emit("on_eval_end", self.state.metrics)
         losses = self.state.curves["train_loss"][-len(self.batches):]
         summary = {"epoch_end": True, "epoch": epoch, "step": self.state.step,
                    "train_loss": sum(losses) / len(losses), "seconds": round(self.state.train_seconds, 3)}
-        self.folder.append_history([{**summary, **(self.metrics if due else {})}])
+        self.folder.append_history([{**summary, **(self.state.metrics if due else {})}])
         line = f"epoch {epoch}/{self.config.train.max_epochs}  loss {summary['train_loss']:.4g}"
-        tqdm.write(f"{line}  {format_metrics(self.metrics) if due else ''}".rstrip())
+        tqdm.write(f"{line}  {format_metrics(self.state.metrics) if due else ''}".rstrip())
         self.state.epoch, self.state.batch_in_epoch = epoch, 0
         self.emit("on_epoch_end")
         self.write_result()
@@ -346,7 +345,7 @@ class Fit:
         return {
             "experiment_id": self.config.experiment_id, "task": self.config.task_name,
             "status": self.state.status, "epochs": self.state.epoch, "steps": self.state.step,
-            "metrics": self.metrics, "best": self.best.summary() if self.best else None,
+            "metrics": self.state.metrics, "best": self.best.summary() if self.best else None,
             "eval_epochs": self.state.eval_epochs, "curves": curves, "metadata": metadata,
             "checkpoints": sorted(e["file"] for e in self.store.manifest()),
         }
@@ -452,16 +451,22 @@ def fit(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
     try:
         if (resume == "never" and overwrite) or (resume != "never" and not existing):
             _clear(folder)
+        if hasattr(task_obj, "own_loop"):
+            result = task_obj.own_loop(config, folder, log)
+            folder.write_json("result.json", result)
+            log(f"run folder: {folder.path}")
+            return FitResult(folder.path, result["status"], result["metadata"]["stop_reason"], result["metrics"], result)
         fit_ = _prepare(task_obj, config, folder, list(callbacks), created, log)
         resuming = resume != "never" and existing and _resume(fit_, force, log)
         if not resuming:
             folder.path.joinpath("config.toml").write_text(config.to_toml())
             folder.write_json("env.json", provenance.collect(fit_.run.device, config.train.seed))
-        if fit_.state.status in ("completed", "failed") and resuming:
+        if fit_.state.status in ("completed", "failed"):
             log(f"{folder.path}: already {fit_.state.status} ({fit_.state.stop_reason}); nothing to do")
             result = folder.read_result() or fit_.write_result()
         else:
-            fit_.state.status, fit_.state.should_stop, fit_.state.stop_reason = "running", False, ""
+            if fit_.state.status == "preempted":
+                fit_.state.status, fit_.state.should_stop, fit_.state.stop_reason = "running", False, ""
             with _preemption_handlers(fit_):
                 fit_.run_loop()
                 result = fit_.finish()

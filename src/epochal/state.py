@@ -16,6 +16,7 @@ class TrainState:
     step: int = 0  # optimizer steps done in total
     curves: dict[str, list] = field(default_factory=dict)  # per step: train_loss, components; per eval: metrics
     eval_epochs: list[int] = field(default_factory=list)  # the epoch (1-based) of each evaluation
+    metrics: dict[str, float] = field(default_factory=dict)  # the latest evaluation
     bad_steps: list[int] = field(default_factory=list)  # steps whose loss or grad norm was not finite
     rollbacks: int = 0
     train_seconds: float = 0.0  # wall time spent training, summed over resumes

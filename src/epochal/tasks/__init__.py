@@ -105,6 +105,9 @@ class Task:
         """Final metrics on the test split, run on the last and on the best weights. None: no test."""
         return None
 
+    # A task that trains without torch (the NumPy reference) defines
+    # own_loop(config, folder, log) -> result dict instead of build/loss/evaluate.
+
     def callbacks(self, cfg: Any, run: RunContext) -> list["Callback"]:
         """Task-specific policy (e.g. saving attention maps); none by default."""
         return []

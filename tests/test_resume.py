@@ -1,0 +1,79 @@
+"""Exact resume: a run interrupted anywhere ends bit-for-bit equal to one that never was."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from epochal.callbacks.base import Callback
+from epochal.checkpoint import CheckpointStore
+
+# EMA, early stopping (patience never reached), accumulation and dropout all active.
+STRESS = {"ema.enabled": True, "ema.decay": 0.9, "early_stop.enabled": True, "early_stop.metric": "eval_mse",
+          "early_stop.patience": 50, "train.grad_accum": 2, "task.dropout": 0.2, "train.max_epochs": 3}
+
+
+class SignalAtStep(Callback):
+    """Send this process a signal after a given optimizer step, as a scheduler would."""
+
+    def __init__(self, step: int, signum=signal.SIGTERM):
+        self.step, self.signum = step, signum
+
+    def on_step_end(self, fit):
+        if fit.state.step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def final_tensors(run_dir):
+    payload = CheckpointStore(run_dir / "checkpoints", 3).load("last.pt")
+    tensors = dict(payload["model"])
+    for key, state in payload["optimizer"]["state"].items():
+        tensors.update({f"opt.{key}.{name}": value for name, value in state.items()})
+    tensors.update({f"ema.{k}": v for k, v in payload["callbacks"]["ema"]["shadow"].items()})
+    return tensors
+
+
+def assert_identical(a, b):
+    assert a.result["curves"] == b.result["curves"]
+    ta, tb = final_tensors(a.run_dir), final_tensors(b.run_dir)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+
+
+@pytest.mark.parametrize("stop_step", [4, 6], ids=["epoch-boundary", "mid-epoch"])
+def test_preempted_and_resumed_equals_uninterrupted(run_toy, stop_step):
+    straight = run_toy("straight", settings=STRESS)
+    stopped = run_toy("stopped", settings=STRESS, callbacks=[SignalAtStep(stop_step)])
+    assert stopped.status == "preempted" and stopped.exit_code == 75
+    assert stopped.result["steps"] == stop_step
+    resumed = run_toy("stopped", settings=STRESS, resume="must")
+    assert resumed.status == "completed"
+    assert_identical(straight, resumed)
+
+
+def test_resume_after_a_step_checkpoint_skips_and_replays_nothing(run_toy):
+    settings = {**STRESS, "checkpoint.every_steps": 3}
+    straight = run_toy("straight", settings=settings)
+    stopped = run_toy("stopped", settings=settings, callbacks=[SignalAtStep(5, signal.SIGUSR1)])
+    assert stopped.status == "preempted"
+    resumed = run_toy("stopped", settings=settings, resume="auto")
+    assert_identical(straight, resumed)
+
+
+def test_config_change_on_resume_is_refused_with_the_differing_keys(run_toy):
+    from epochal.errors import ConfigError
+
+    run_toy("r", settings=STRESS, callbacks=[SignalAtStep(3)])
+    with pytest.raises(ConfigError, match=r"optim.lr: 0.003 -> 0.1.*--force"):
+        run_toy("r", settings={**STRESS, "optim.lr": 0.1}, resume="must")
+    assert run_toy("r", settings={**STRESS, "optim.lr": 0.1}, resume="must", force=True).status == "completed"
+
+
+def test_resuming_a_finished_run_changes_nothing(run_toy):
+    done = run_toy("r")
+    before = (done.run_dir / "result.json").read_text()
+    again = run_toy("r", resume="auto")
+    assert again.status == "completed" and again.result["epochs"] == 3
+    assert (done.run_dir / "result.json").read_text() == before
