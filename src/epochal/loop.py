@@ -220,13 +220,13 @@ class Fit:
             self.state.stop(reason if policy == "stop" else f"{reason}; rollbacks exhausted")
 
     def rollback(self, reason: str) -> None:
+        self.writer.wait()
         newest = self.store.newest_valid(warn=warnings.warn)
         if newest is None:
             self.state.status = "failed"
             self.state.stop(f"{reason}; no checkpoint to roll back to")
             return
         bad_steps, rollbacks = list(self.state.bad_steps), self.state.rollbacks + 1
-        self.writer.wait()
         self.restore(newest[1])
         self.state.bad_steps, self.state.rollbacks = bad_steps, rollbacks
         scale = self.config.train.rollback_lr_scale

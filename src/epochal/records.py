@@ -67,10 +67,13 @@ class RunFolder:
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
 
-    def release(self) -> None:
+    def _close_history(self) -> None:
         if self._history is not None:
             self._history.close()
             self._history = None
+
+    def release(self) -> None:
+        self._close_history()
         lock = self.path / LOCK
         try:
             if int(lock.read_text().strip()) == os.getpid():
@@ -89,6 +92,7 @@ class RunFolder:
 
     def truncate_history(self, step: int, epochs_done: int) -> None:
         """Keep what a checkpoint at (step, epochs_done) already covers; resume rewrites the rest."""
+        self._close_history()  # the file is replaced: appends must go to the new one
         if not self.history_path.exists():
             return
         keep = []

@@ -1,0 +1,155 @@
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from epochal import checkpoint
+from epochal.checkpoint import CheckpointStore, load_file, serialize
+from epochal.errors import CheckpointError, EpochalError
+from epochal.records import RunFolder
+
+
+def test_write_is_complete_and_listed_with_its_hash(tmp_path):
+    store = CheckpointStore(tmp_path, keep_last=3)
+    store.write("a.pt", serialize({"w": torch.ones(3)}), {"kind": "epoch", "step": 1})
+    (entry,) = store.manifest()
+    assert entry["file"] == "a.pt" and len(entry["sha256"]) == 64
+    assert torch.equal(store.load("a.pt")["w"], torch.ones(3))
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_truncated_or_corrupt_newest_falls_back_to_the_previous_with_a_warning(tmp_path):
+    store = CheckpointStore(tmp_path, keep_last=3)
+    for step in (1, 2, 3):
+        store.write(f"c{step}.pt", serialize({"step": step}), {"kind": "epoch", "step": step})
+    data = (tmp_path / "c3.pt").read_bytes()
+    (tmp_path / "c3.pt").write_bytes(data[: len(data) // 2])  # truncated
+    raw = bytearray((tmp_path / "c2.pt").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte
+    (tmp_path / "c2.pt").write_bytes(bytes(raw))
+    warnings = []
+    entry, payload = store.newest_valid(warn=warnings.append)
+    assert entry["file"] == "c1.pt" and payload["step"] == 1
+    assert len(warnings) == 2 and all("checksum mismatch" in w for w in warnings)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = ""
+
+
+def test_a_pickle_that_would_run_code_is_refused_not_run(tmp_path):
+    global MARKER
+    MARKER = str(tmp_path / "pwned")
+    path = tmp_path / "evil.pt"
+    torch.save({"model": RunsCode()}, path)
+    with pytest.raises(CheckpointError, match="refused, it holds objects other than tensors"):
+        load_file(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_full_disk_is_a_clear_error_and_earlier_checkpoints_stay(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path, keep_last=3)
+    store.write("good.pt", serialize({"x": 1}), {"kind": "epoch", "step": 1})
+    real_open = open
+
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        if "w" in mode and ".tmp-" in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full_disk_open)
+    with pytest.raises(CheckpointError, match="No space left on device.*earlier checkpoints are intact"):
+        store.write("next.pt", serialize({"x": 2}), {"kind": "epoch", "step": 2})
+    monkeypatch.undo()
+    assert [e["file"] for e in store.manifest()] == ["good.pt"] and store.load("good.pt")["x"] == 1
+    assert not (tmp_path / "next.pt").exists()
+
+
+def test_a_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / ".lock").write_text(str(holder.pid))
+        with pytest.raises(EpochalError, match=f"in use by process {holder.pid}"):
+            RunFolder(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    folder = RunFolder(tmp_path)
+    folder.acquire()  # the holder is dead now: its lock is stale
+    assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    folder.release()
+    assert not (tmp_path / ".lock").exists()
+
+
+# --- bad numbers -------------------------------------------------------------------------------
+
+from epochal.tasks.toy import ToyTask  # noqa: E402
+
+
+class PoisonedToy(ToyTask):
+    """The toy task whose loss is NaN on chosen calls (counted on the host: no sync)."""
+
+    name = "toy"
+
+    def __init__(self, bad_calls):
+        self.bad_calls, self.calls = set(bad_calls), 0
+
+    def loss(self, model, batch):
+        self.calls += 1
+        out = super().loss(model, batch)
+        return {"loss": out["loss"] * float("nan")} if self.calls in self.bad_calls else out
+
+
+def fit_poisoned(tmp_path, bad_calls, policy, **extra):
+    from epochal import fit
+    from tests.conftest import quiet
+
+    settings = {"train.max_epochs": 3, "train.progress": False, "task.n_train": 256, "train.nan_policy": policy,
+                "train.log_every": 2, **extra}
+    return fit(PoisonedToy(bad_calls), overrides=settings, out_dir=tmp_path, experiment_id=policy, log=quiet)
+
+
+def all_finite(run_dir):
+    model = CheckpointStore(run_dir / "checkpoints", 3).load("last.pt")["model"]
+    return all(torch.isfinite(t).all() for t in model.values())
+
+
+def test_nan_policy_stop_saves_and_fails_with_the_step(tmp_path):
+    result = fit_poisoned(tmp_path, {5}, "stop")
+    assert result.status == "failed" and result.exit_code == 1
+    assert "non-finite loss or gradient norm at step 5" in result.stop_reason
+    assert result.result["metadata"]["bad_steps"] == [5] and result.result["steps"] == 6  # found at the next fetch
+    assert all_finite(result.run_dir)
+
+
+def test_nan_policy_skip_counts_and_continues(tmp_path):
+    with pytest.warns(UserWarning, match="optimizer step skipped"):
+        result = fit_poisoned(tmp_path, {5, 9}, "skip")
+    assert result.status == "completed" and result.result["metadata"]["bad_steps"] == [5, 9]
+    assert all_finite(result.run_dir)
+
+
+def test_nan_policy_rollback_reloads_and_lowers_the_learning_rate(tmp_path):
+    with pytest.warns(UserWarning, match="rolled back to step 4, learning rate x0.5"):
+        result = fit_poisoned(tmp_path, {6}, "rollback")
+    assert result.status == "completed" and result.result["metadata"]["rollbacks"] == 1
+    history = [json.loads(l) for l in (result.run_dir / "history.jsonl").read_text().splitlines()]
+    steps = [h["step"] for h in history if "epoch_end" not in h]
+    assert steps == list(range(1, 13))  # the rolled-back steps were rewritten, not duplicated
+    lr_after = [h["lr"] for h in history if h.get("step") == 5 and "epoch_end" not in h][0]
+    assert all_finite(result.run_dir) and lr_after > 0
+
+
+def test_nan_policy_rollback_gives_up_after_max_rollbacks(tmp_path):
+    with pytest.warns(UserWarning):
+        result = fit_poisoned(tmp_path, set(range(6, 100)), "rollback", **{"train.max_rollbacks": 2})
+    assert result.status == "failed" and "rollbacks exhausted" in result.stop_reason
+    assert result.result["metadata"]["rollbacks"] == 2
