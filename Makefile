@@ -22,7 +22,7 @@ $(BIN)/.bench-installed: $(BIN)/.dev-installed
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/epochal run walks --id demo --resume auto
+	$(BIN)/epochal run walks --id demo --overwrite
 
 test: $(BIN)/.dev-installed
 	$(BIN)/python -m pytest

@@ -85,8 +85,9 @@ class Fit:
     """A running fit: what callbacks see as ``fit``."""
 
     def __init__(self, task: Task, config: RunConfig, folder: RunFolder, built: Built, run: RunContext,
-                 callbacks: list[Callback]):
+                 callbacks: list[Callback], log: Callable[[str], None] = tqdm.write):
         self.task, self.config, self.folder, self.built, self.run = task, config, folder, built, run
+        self.log = log
         train, device = config.train, run.device
         self.model = built.model.to(device)
         forward_model = torch.compile(self.model) if train.compile else self.model
@@ -172,7 +173,7 @@ class Fit:
                    "train_loss": sum(losses) / len(losses), "seconds": round(self.state.train_seconds, 3)}
         self.folder.append_history([{**summary, **(self.state.metrics if due else {})}])
         line = f"epoch {epoch}/{self.config.train.max_epochs}  loss {summary['train_loss']:.4g}"
-        tqdm.write(f"{line}  {format_metrics(self.state.metrics) if due else ''}".rstrip())
+        self.log(f"{line}  {format_metrics(self.state.metrics) if due else ''}".rstrip())
         self.state.epoch, self.state.batch_in_epoch = epoch, 0
         self.emit("on_epoch_end")
         self.write_result()
@@ -419,7 +420,7 @@ def resolve_config(task: str | Task | None, config: RunConfig | str | Path | dic
 def fit(task: str | Task, config: RunConfig | str | Path | dict | None = None, *,
         overrides: dict[str, Any] | None = None, out_dir: str | Path | None = None,
         experiment_id: str | None = None, callbacks: list[Callback] = (), resume: str = "never",
-        overwrite: bool = False, force: bool = False, log: Callable[[str], None] = print) -> FitResult:
+        overwrite: bool = False, force: bool = False, log: Callable[[str], None] = tqdm.write) -> FitResult:
     """Train ``task`` with ``config`` and return the run folder and final metrics.
 
     ``resume``: "never" (a run folder that exists is an error unless ``overwrite``),
@@ -492,7 +493,7 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
         seed_everything(config.train.seed, config.train.deterministic)
         run = RunContext(folder.path, device, config.train.seed, config)
         built = task.build(config.task, run)
-        return Fit(task, config, folder, built, run, callbacks)
+        return Fit(task, config, folder, built, run, callbacks, log)
     except ConfigError:
         if created:
             folder.release()

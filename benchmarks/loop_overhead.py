@@ -1,0 +1,188 @@
+"""Loop overhead: epochal.fit against a minimal hand-written PyTorch loop (and Lightning, if installed).
+
+All three train the same MLP on the same device-resident data in the same order
+with the same fused AdamW (no decay on biases), warmup + cosine schedule,
+clipping at 1.0 and per-step loss recording. Repeats are interleaved; the
+median time per optimizer step is compared, and the final weights of the raw
+loop and epochal must be bit-equal.
+
+    python benchmarks/loop_overhead.py [--steps 400] [--repeats 5] [--width 512] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import epochal
+from epochal.data import epoch_order
+from epochal.optim import build_adamw, make_schedule, resolve_warmup_steps
+from epochal.tasks import Built, Task, register_task
+
+
+@dataclass
+class BenchConfig:
+    n: int = 25600  # examples; steps per epoch = n / batch
+    dim: int = 64  # input and output width
+    width: int = 512  # hidden width: sets the cost of a step
+
+
+def make_data(cfg: BenchConfig) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1234)
+    x = torch.randn(cfg.n, cfg.dim, generator=generator)
+    return {"x": x, "y": torch.sin(x) + 0.1 * torch.randn(cfg.n, cfg.dim, generator=generator)}
+
+
+def make_model(cfg: BenchConfig) -> nn.Module:
+    return nn.Sequential(nn.Linear(cfg.dim, cfg.width), nn.GELU(), nn.Linear(cfg.width, cfg.width), nn.GELU(),
+                         nn.Linear(cfg.width, cfg.dim))
+
+
+class BenchTask(Task):
+    name = "bench-mlp"
+    summary = "benchmark MLP"
+    Config = BenchConfig
+
+    def build(self, cfg, run):
+        return Built(make_model(cfg), make_data(cfg))
+
+    def loss(self, model, batch):
+        return {"loss": F.mse_loss(model(batch["x"]), batch["y"])}
+
+    def evaluate(self, model, ctx):
+        return {}
+
+
+register_task(BenchTask)
+
+SEED, BATCH, LR = 0, 64, 1e-3
+
+
+def raw_loop(cfg: BenchConfig, device: torch.device, steps: int) -> tuple[float, nn.Module]:
+    """The hand-written baseline: what a careful researcher would write."""
+    torch.manual_seed(SEED)
+    model = make_model(cfg).to(device)
+    data = {k: v.to(device) for k, v in make_data(cfg).items()}
+    optimizer = build_adamw(model, LR, 0.01, (0.9, 0.999), 1e-8)
+    warmup = resolve_warmup_steps(steps, 0.1, None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_schedule("cosine", warmup, steps, 0.1))
+    losses = torch.zeros(steps, device=device)
+    order = epoch_order(cfg.n, SEED, 0).to(device)
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        index = order[i * BATCH : (i + 1) * BATCH]
+        loss = F.mse_loss(model(data["x"][index]), data["y"][index])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses[i] = loss.detach()
+    losses.tolist()
+    _sync(device)
+    return (time.perf_counter() - start) / steps, model
+
+
+def epochal_loop(cfg: BenchConfig, device: torch.device, steps: int) -> tuple[float, nn.Module]:
+    captured = {}
+
+    class Capture(epochal.Callback):
+        def on_fit_end(self, fit):
+            captured["model"] = fit.model
+            captured["seconds"] = fit.state.train_seconds
+
+    overrides = {"train.max_epochs": 1, "train.batch_size": BATCH, "train.seed": SEED, "train.progress": False,
+                 "train.device": str(device), "train.log_every": 100, "optim.lr": LR,
+                 "checkpoint.every_epochs": 0, "task.n": steps * BATCH, "task.width": cfg.width, "task.dim": cfg.dim}
+    epochal.fit("bench-mlp", overrides=overrides, out_dir="/tmp/epochal-bench", experiment_id="loop",
+                overwrite=True, callbacks=[Capture()], log=lambda _: None)
+    return captured["seconds"] / steps, captured["model"]
+
+
+def lightning_loop(cfg: BenchConfig, device: torch.device, steps: int) -> float | None:
+    try:
+        import lightning as L
+    except ImportError:
+        return None
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(SEED)
+            self.model = make_model(cfg)
+            self.losses = []
+
+        def training_step(self, batch, _):
+            x, y = batch
+            loss = F.mse_loss(self.model(x), y)
+            self.losses.append(loss.detach())
+            return loss
+
+        def configure_optimizers(self):
+            optimizer = build_adamw(self.model, LR, 0.01, (0.9, 0.999), 1e-8)
+            schedule = make_schedule("cosine", resolve_warmup_steps(steps, 0.1, None), steps, 0.1)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    data = make_data(BenchConfig(n=steps * BATCH, dim=cfg.dim, width=cfg.width))
+    dataset = torch.utils.data.TensorDataset(data["x"], data["y"])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True,
+                                         generator=torch.Generator().manual_seed(SEED))
+    module = Module()
+    trainer = L.Trainer(max_epochs=1, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+                        gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    start = time.perf_counter()
+    trainer.fit(module, loader)
+    torch.stack(module.losses).tolist()
+    return (time.perf_counter() - start) / steps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    cfg = BenchConfig(n=args.steps * BATCH, width=args.width)
+    times: dict[str, list[float]] = {"raw": [], "epochal": [], "lightning": []}
+    for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
+        raw_time, raw_model = raw_loop(cfg, device, args.steps)
+        ep_time, ep_model = epochal_loop(cfg, device, args.steps)
+        lightning_time = lightning_loop(cfg, device, args.steps)
+        if repeat:
+            times["raw"].append(raw_time)
+            times["epochal"].append(ep_time)
+            if lightning_time is not None:
+                times["lightning"].append(lightning_time)
+    equal = all(torch.equal(a, b) for a, b in zip(raw_model.state_dict().values(), ep_model.state_dict().values()))
+    median = {name: statistics.median(values) for name, values in times.items() if values}
+    print(f"device {device}, torch threads {torch.get_num_threads()}, {args.steps} steps x {args.repeats} repeats, "
+          f"MLP width {args.width}, batch {BATCH}")
+    for name, value in median.items():
+        print(f"{name:10s} median step {value * 1e3:8.3f} ms")
+    print(f"epochal/raw   {median['epochal'] / median['raw']:.3f}")
+    if "lightning" in median:
+        print(f"lightning/raw {median['lightning'] / median['raw']:.3f}")
+    else:
+        print("lightning/raw n/a (install the bench extra: make bench)")
+    print(f"final weights raw vs epochal bit-equal: {equal}")
+
+
+if __name__ == "__main__":
+    main()
