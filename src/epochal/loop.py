@@ -104,6 +104,7 @@ class Fit:
         self.step = Step(forward_model, task.loss, self.optimizer, self.scheduler, device, train.precision,
                          train.grad_clip, train.grad_accum)
         self.state = TrainState()
+        self.config_dict, self.config_hash = config.to_dict(), config.hash()
         self.store = CheckpointStore(folder.path / "checkpoints", config.checkpoint.keep_last)
         self.writer = BackgroundWriter(config.checkpoint.async_write)
         self.ema = EMA(self.model, config.ema.decay, config.ema.warmup) if config.ema.enabled else None
@@ -291,8 +292,8 @@ class Fit:
             "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks if cb.key},
             "state": self.state.state_dict(),
             "rng": capture_rng(),
-            "config": self.config.to_dict(),
-            "config_hash": self.config.hash(),
+            "config": self.config_dict,
+            "config_hash": self.config_hash,
         })
 
     def restore(self, payload: dict) -> None:
@@ -338,7 +339,7 @@ class Fit:
         curves.update({k: v for k, v in self.state.curves.items() if k != "train_loss"})
         metadata: dict[str, Any] = {
             "stop_reason": self.state.stop_reason, "bad_steps": self.state.bad_steps,
-            "rollbacks": self.state.rollbacks, "config_hash": self.config.hash(),
+            "rollbacks": self.state.rollbacks, "config_hash": self.config_hash,
             "train_seconds": round(self.state.train_seconds, 3),
         }
         if self.gate is not None:

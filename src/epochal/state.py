@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -30,11 +31,15 @@ class TrainState:
             self.should_stop, self.stop_reason = True, reason
 
     def state_dict(self) -> dict:
-        return asdict(self)
+        """Curves travel as float64 tensors: exact for the values they hold, and cheap to copy."""
+        state = {f.name: copy.copy(getattr(self, f.name)) for f in fields(self)}
+        state["curves"] = {name: torch.tensor(values, dtype=torch.float64) for name, values in self.curves.items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+        self.curves = {name: values.tolist() for name, values in state["curves"].items()}
 
 
 def capture_rng() -> dict:
