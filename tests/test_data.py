@@ -23,3 +23,21 @@ def test_starting_at_a_position_yields_exactly_the_remaining_batches():
 def test_drop_last_drops_the_incomplete_batch():
     batches = DeviceBatches({"x": torch.arange(50)}, torch.device("cpu"), batch_size=8, seed=0, drop_last=True)
     assert len(batches) == 6 and all(len(b["x"]) == 8 for b in batches.epoch(0))
+
+
+def test_loader_batches_follow_the_same_order_as_device_batches():
+    from epochal.data import LoaderBatches
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 50
+
+        def __getitem__(self, i):
+            return {"x": torch.tensor(i)}
+
+    on_device = DeviceBatches({"x": torch.arange(50)}, torch.device("cpu"), batch_size=8, seed=3, drop_last=False)
+    loaded = LoaderBatches(Items(), torch.device("cpu"), batch_size=8, seed=3, drop_last=False)
+    for start in (0, 5):
+        a = [b["x"] for b in on_device.epoch(1, start)]
+        b = [b["x"] for b in loaded.epoch(1, start)]
+        assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))

@@ -1,0 +1,20 @@
+import pytest
+
+from epochal.audit import first_difference
+from epochal.cli import main
+
+
+def test_first_difference_names_the_step_and_values():
+    assert first_difference([1.0, 2.0], [1.0, 2.0]) is None
+    assert first_difference([1.0, 2.0, 3.0], [1.0, 2.5, 3.0]) == "step 2: 2.0 vs 2.5"
+    assert first_difference([1.0], [1.0, 2.0]) == "1 vs 2 steps"
+
+
+@pytest.mark.slow
+def test_audit_passes_for_the_toy_task(tmp_path, capsys):
+    code = main(["audit", "toy", "--kills", "1", "--epochs", "2", "--set", "task.n_train=128",
+                 "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "a vs b: losses identical, weights identical" in out
+    assert "a vs killed: losses identical, weights identical" in out
