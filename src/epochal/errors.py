@@ -1,5 +1,3 @@
-# LEAD'S NOTE TO HELPERS (temporary, removed before commit): READ /work/main/HELPER_RULES.md FIRST.
-# It holds the rules I forgot to put in your brief: no git commits, the venv, fit()'s signature, config keys.
 """Errors a user can fix. The CLI prints them as one line and exits non-zero, no traceback."""
 
 

@@ -1,5 +1,3 @@
-# LEAD'S NOTE TO HELPERS (temporary, removed before commit): READ /work/main/HELPER_RULES.md FIRST.
-# It holds the rules I forgot to put in your brief: no git commits, the venv, fit()'s signature, config keys.
 """The Task protocol and the lazy task registry.
 
 A task is the research-specific part of a run: it builds the model and data,
