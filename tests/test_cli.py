@@ -31,6 +31,12 @@ def test_bad_input_is_one_line_exit_2_and_no_run_folder(capsys, tmp_path, args, 
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_failed_start_leaves_no_empty_group_folder(capsys, tmp_path):
+    code, _, _ = run_cli(capsys, "run", "toy", "--set", "group=\"sweep\"", "--set", "task.hidden=0",
+                         "--out", str(tmp_path / "results"))
+    assert code == 2 and not (tmp_path / "results").exists()
+
+
 def test_run_show_and_tasks(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "run", "toy", "--epochs", "2", "--out", str(tmp_path), "--id", "r",
                            "--set", "task.n_train=128", "--no-progress")

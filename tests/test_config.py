@@ -71,3 +71,9 @@ def test_overrides_parse_values_as_toml():
 def test_run_dir_uses_group():
     config = resolve("toy", [{"group": "sweep", "experiment_id": "a", "out_dir": "out"}])
     assert isinstance(config, RunConfig) and str(config.run_dir) == "out/sweep/a"
+
+
+def test_task_may_be_named_by_a_top_level_string():
+    assert resolve(None, [{"task": "toy"}]).task_name == "toy"
+    with pytest.raises(ConfigError, match="task: expected a table"):
+        resolve(None, [{"task": 3}])

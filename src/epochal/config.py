@@ -328,7 +328,12 @@ def resolve(task_name: str | None, layers: list[dict]) -> RunConfig:
     data = {}
     for layer in layers:
         data = merge(data, layer)
-    task_table = dict(data.pop("task", {}) or {})
+    task_table = data.pop("task", {})
+    if isinstance(task_table, str):  # `task = "walks"` without settings is a name
+        task_table = {"name": task_table}
+    if not isinstance(task_table, dict):
+        raise ConfigError(f"task: expected a table ([task] name = ...) or a task name, got {task_table!r}")
+    task_table = dict(task_table)
     name = task_name or task_table.get("name")
     if not name:
         raise ConfigError("task.name: no task given; pass one on the command line or set [task] name")

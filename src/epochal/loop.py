@@ -444,7 +444,7 @@ def fit(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
     if folder.path.exists() and any(folder.path.iterdir()) and resume == "never":
         if not overwrite:
             raise EpochalError(f"{folder.path}: run folder exists; use --resume auto to continue it or --overwrite to replace it")
-    created = not folder.path.exists()
+    created = _first_missing(folder.path)
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -479,13 +479,23 @@ def fit(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
         folder.release()
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet: what a failed start should remove."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
 def _clear(folder: RunFolder) -> None:
     for child in folder.path.iterdir():
         if child.name != ".lock":
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[Callback], created: bool,
+def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[Callback], created: Path | None,
              log: Callable[[str], None]) -> Fit:
     """Seed, build the task and the training machinery; a config error removes a folder made for it."""
     try:
@@ -496,9 +506,9 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
         built = task.build(config.task, run)
         return Fit(task, config, folder, built, run, callbacks, log)
     except ConfigError:
-        if created:
+        if created is not None:
             folder.release()
-            shutil.rmtree(folder.path, ignore_errors=True)
+            shutil.rmtree(created, ignore_errors=True)
         raise
 
 

@@ -1,0 +1,99 @@
+"""Probability paths, target velocities, the loss and the exact OT pairing."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from epochal.tasks.flow.assignment import linear_assignment
+from epochal.tasks.flow.icfm import flow_matching_loss, interpolate, ot_pair, pair_noise, squared_errors, target_velocity
+
+
+def test_interpolation_and_target_on_fixed_tensors():
+    x0 = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    x1 = torch.tensor([[4.0, 2.0], [3.0, 3.0]])
+    t = torch.tensor([[0.25], [0.5]])
+    expected = torch.tensor([[1.0, 2.0], [2.0, 1.0]])
+    assert torch.equal(interpolate(x0, x1, t), expected)
+    assert torch.equal(interpolate(x0, x1, torch.zeros(2, 1)), x0)
+    assert torch.equal(interpolate(x0, x1, torch.ones(2, 1)), x1)
+    assert torch.equal(target_velocity(x0, x1), torch.tensor([[4.0, 0.0], [2.0, 4.0]]))
+
+
+def test_target_is_the_time_derivative_of_the_path():
+    x0, x1 = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    t = torch.rand(5, 1, dtype=torch.float64)
+    h = 1e-6
+    numeric = (interpolate(x0, x1, t + h) - interpolate(x0, x1, t - h)) / (2 * h)
+    torch.testing.assert_close(numeric, target_velocity(x0, x1))
+
+
+class ConstantVelocity(nn.Module):
+    """Predicts the same velocity everywhere; records the times it was called with."""
+
+    def __init__(self, velocity):
+        super().__init__()
+        self.velocity = velocity
+
+    def forward(self, x, t):
+        self.times = t
+        return self.velocity.expand_as(x)
+
+
+def test_squared_errors_compare_with_the_target():
+    x0 = torch.zeros(2, 2)
+    x1 = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    model = ConstantVelocity(torch.tensor([1.0, 1.0]))
+    errors = squared_errors(model, x0, x1, torch.tensor([[0.1], [0.9]]))
+    assert torch.equal(errors, torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+    assert model.times.shape == (2,)
+
+
+def test_loss_uses_the_global_rng_and_is_zero_for_the_exact_field():
+    torch.manual_seed(0)
+    x1 = torch.randn(64, 2)
+    model = ConstantVelocity(torch.zeros(2))
+    torch.manual_seed(1)
+    first = flow_matching_loss(model, x1, "icfm")
+    torch.manual_seed(1)
+    assert torch.equal(flow_matching_loss(model, x1, "icfm"), first)
+    # With x1 = 0 the target is -x0, so a zero field has loss E|x0|^2 / dim = 1.
+    zeros = torch.zeros(20000, 2)
+    assert abs(float(flow_matching_loss(model, zeros, "icfm")) - 1.0) < 0.03
+
+
+def test_linear_assignment_is_optimal_against_brute_force():
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.integers(1, 7))
+        cost = rng.random((n, n)) if trial % 2 else np.round(3 * rng.random((n, n)))  # ties too
+        col = linear_assignment(cost)
+        assert sorted(col) == list(range(n))
+        best = min(sum(cost[i, p[i]] for i in range(n)) for p in itertools.permutations(range(n)))
+        assert cost[np.arange(n), col].sum() == pytest.approx(best)
+
+
+def test_linear_assignment_rejects_bad_input():
+    with pytest.raises(ValueError, match="square"):
+        linear_assignment(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="finite"):
+        linear_assignment(np.array([[0.0, np.nan], [1.0, 2.0]]))
+
+
+def test_ot_pairing_undoes_a_permutation():
+    x1 = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    shuffled = x1[torch.tensor([2, 0, 3, 1])] + 0.1
+    assert torch.equal(ot_pair(shuffled, x1), x1 + 0.1)
+
+
+def test_ot_pairing_is_a_permutation_that_does_not_cost_more():
+    torch.manual_seed(0)
+    x0, x1 = torch.randn(64, 2), torch.randn(64, 2) + 1.0
+    paired = pair_noise(x0, x1, "otcfm")
+    assert torch.equal(torch.sort(paired, dim=0).values, torch.sort(x0, dim=0).values)
+    assert (paired - x1).square().sum() < (x0 - x1).square().sum()
+    assert pair_noise(x0, x1, "icfm") is x0
+    with pytest.raises(ValueError, match="allowed: icfm, otcfm"):
+        pair_noise(x0, x1, "rectified")
