@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import shutil
 import signal
 import threading
@@ -134,7 +135,8 @@ class Fit:
 
     def train_epoch(self) -> bool:
         """Train from the saved position to the end of the epoch; False if stopped inside it."""
-        self._buffers, self._fetched, self._lrs = StepBuffers(len(self.batches), self.run.device), self.state.batch_in_epoch, []
+        self._buffers = StepBuffers(len(self.batches), self.run.device)
+        self._fetched, self._lrs = self.state.batch_in_epoch, [0.0] * len(self.batches)
         self._rolled_back = False
         started = time.perf_counter()
         bar = tqdm(total=len(self.batches), initial=self.state.batch_in_epoch, leave=False, dynamic_ncols=True,
@@ -142,7 +144,7 @@ class Fit:
                    disable=not self.config.train.progress)
         try:
             for batch in self.batches.epoch(self.state.epoch, self.state.batch_in_epoch):
-                self._lrs.append(self.optimizer.param_groups[0]["lr"])
+                self._lrs[self.state.batch_in_epoch] = self.optimizer.param_groups[0]["lr"]
                 self._buffers.write(self.state.batch_in_epoch, self.step(batch))
                 self.state.batch_in_epoch += 1
                 self.state.step += 1
@@ -158,7 +160,7 @@ class Fit:
         finally:
             bar.close()
             self.state.train_seconds += time.perf_counter() - started
-        return not (self.state.should_stop and self.state.status == "failed") and not self._rolled_back
+        return not (self.state.status == "failed" or self._rolled_back)
 
     def end_epoch(self) -> None:
         epoch = self.state.epoch + 1
@@ -169,9 +171,9 @@ class Fit:
                 self.state.curves.setdefault(name, []).append(value)
             self.state.eval_epochs.append(epoch)
             self.emit("on_eval_end", self.state.metrics)
-        losses = self.state.curves["train_loss"][-len(self.batches):]
+        losses = [x for x in self.state.curves["train_loss"][-len(self.batches):] if math.isfinite(x)]
         summary = {"epoch_end": True, "epoch": epoch, "step": self.state.step,
-                   "train_loss": sum(losses) / len(losses), "seconds": round(self.state.train_seconds, 3)}
+                   "train_loss": sum(losses) / max(1, len(losses)), "seconds": round(self.state.train_seconds, 3)}
         self.folder.append_history([{**summary, **(self.state.metrics if due else {})}])
         line = f"epoch {epoch}/{self.config.train.max_epochs}  loss {summary['train_loss']:.4g}"
         self.log(f"{line}  {format_metrics(self.state.metrics) if due else ''}".rstrip())
@@ -190,8 +192,7 @@ class Fit:
         first_step = self.state.step - (stop - start) + 1
         records, bad = [], []
         for i in range(stop - start):
-            record = {"step": first_step + i, "epoch": self.state.epoch + 1,
-                      "lr": self._lrs[start - self._lrs_offset + i]}
+            record = {"step": first_step + i, "epoch": self.state.epoch + 1, "lr": self._lrs[start + i]}
             record.update({name: column[i] for name, column in values.items() if name != "nonfinite"})
             records.append(record)
             if values["nonfinite"][i]:
@@ -203,10 +204,6 @@ class Fit:
         if bad:
             self.on_bad_numbers(bad)
         return stop - start
-
-    @property
-    def _lrs_offset(self) -> int:
-        return self.state.batch_in_epoch - len(self._lrs)
 
     def on_bad_numbers(self, steps: list[int]) -> None:
         """The nan_policy: each bad step was already skipped on the device; decide what follows."""
