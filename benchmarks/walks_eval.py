@@ -27,36 +27,7 @@ from epochal.config import resolve
 from epochal.tasks import RunContext, get_task
 from epochal.tasks.walks.compliance import evaluate_compliance
 from epochal.tasks.walks.generate import greedy_generate, greedy_generate_each
-
-
-def reference_generate(model, start_tokens, length):
-    """Seed 001's greedy generation: one full forward over the window per generated token."""
-    generated = start_tokens[:, None].clone()
-    for _ in range(length - 1):
-        logits = model(generated[:, -model.context :])
-        next_token = logits[:, -1, :].argmax(dim=-1, keepdim=True)
-        generated = torch.cat([generated, next_token], dim=1)
-    return generated
-
-
-def reference_compliance(generated, adjacency, block_assignments, jumpers, r):
-    """Seed 001's compliance: a Python loop over sequences and steps."""
-    seqs = generated.cpu().numpy()
-    indptr, indices = adjacency.indptr, adjacency.indices
-    total_edges = valid_edges = total_rule_checks = rule_compliant = 0
-    jumper_set = {j.vertex_id: j for j in jumpers}
-    for seq in seqs:
-        for t in range(len(seq) - 1):
-            u, v = int(seq[t]), int(seq[t + 1])
-            neighbors = indices[indptr[u] : indptr[u + 1]]
-            total_edges += 1
-            if v in neighbors:
-                valid_edges += 1
-            if u in jumper_set and t + r < len(seq):
-                total_rule_checks += 1
-                if int(block_assignments[int(seq[t + r])]) == jumper_set[u].target_block:
-                    rule_compliant += 1
-    return valid_edges / max(1, total_edges), rule_compliant / max(1, total_rule_checks)
+from epochal.tasks.walks.reference import reference_compliance, reference_generate
 
 
 def briefly_train(task, built, steps: int, batch_size: int, lr: float) -> float:
@@ -111,7 +82,7 @@ def main() -> None:
     with torch.no_grad():
         ref_tokens, ref_gen_s = best_time(lambda: reference_generate(model, ctx.starts, ctx.walk_length), 1)
     ref_metrics, ref_comp_s = best_time(
-        lambda: reference_compliance(ref_tokens, ctx.graph, ctx.graph.blocks, ctx.jumpers, r), 1)
+        lambda: reference_compliance(ref_tokens.cpu().numpy(), ctx.graph, ctx.graph.blocks, ctx.jumpers, r), 1)
 
     ours_each, each_s = best_time(lambda: greedy_generate_each(model, ctx.starts, ctx.walk_length), args.repeats)
     ours_tokens, gen_s = best_time(lambda: greedy_generate(model, ctx.starts, ctx.walk_length), args.repeats)

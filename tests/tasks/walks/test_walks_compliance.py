@@ -6,24 +6,7 @@ import torch
 
 from epochal.tasks.walks.compliance import evaluate_compliance
 from epochal.tasks.walks.graph import Jumper, csr_from_dense, sample_sbm
-
-
-def seed_compliance(sequences, adjacency, blocks, jumpers, r):
-    """The seed's per-sequence Python loop, as written in seed 001."""
-    indptr, indices = adjacency.indptr, adjacency.indices
-    total_edges = valid_edges = total_rule = rule_ok = 0
-    jumper_set = {j.vertex_id: j for j in jumpers}
-    for seq in sequences:
-        for t in range(len(seq) - 1):
-            u, v = int(seq[t]), int(seq[t + 1])
-            total_edges += 1
-            if v in indices[indptr[u] : indptr[u + 1]]:
-                valid_edges += 1
-            if u in jumper_set and t + r < len(seq):
-                total_rule += 1
-                if int(blocks[int(seq[t + r])]) == jumper_set[u].target_block:
-                    rule_ok += 1
-    return valid_edges / max(1, total_edges), rule_ok / max(1, total_rule)
+from epochal.tasks.walks.reference import reference_compliance
 
 
 def cycle_graph():
@@ -81,7 +64,7 @@ def test_matches_the_seed_loop_on_random_sequences(seed):
     sequences = np.concatenate([random_tokens, walks])
     jumpers = [Jumper(int(v), int(rng.integers(3)), 3) for v in rng.choice(30, size=6, replace=False)]
     for r in (1, 3, 7, 24, 30):
-        expected = seed_compliance(sequences, graph, graph.blocks, jumpers, r)
+        expected = reference_compliance(sequences, graph, graph.blocks, jumpers, r)
         assert evaluate_compliance(sequences, graph, graph.blocks, jumpers, r) == pytest.approx(expected, abs=1e-12)
     assert 0 < expected[0] < 1
 
@@ -95,8 +78,8 @@ def test_each_jumper_keeps_its_own_distance_when_r_is_none():
     _, rule = evaluate_compliance(sequences, graph, graph.blocks, near + far, r=None)
     near_checks = np.isin(sequences[:, :-2], range(0, 10)).sum()
     far_checks = np.isin(sequences[:, :-5], range(10, 20)).sum()
-    near_rule = seed_compliance(sequences, graph, graph.blocks, near, 2)[1]
-    far_rule = seed_compliance(sequences, graph, graph.blocks, far, 5)[1]
+    near_rule = reference_compliance(sequences, graph, graph.blocks, near, 2)[1]
+    far_rule = reference_compliance(sequences, graph, graph.blocks, far, 5)[1]
     assert rule == pytest.approx((near_rule * near_checks + far_rule * far_checks) / (near_checks + far_checks))
 
 

@@ -3,15 +3,7 @@ import torch
 
 from epochal.tasks.walks.generate import greedy_generate, greedy_generate_each
 from epochal.tasks.walks.model import ExtractionMode, TransformerLM
-
-
-def naive_generate(model, starts, length):
-    """The seed's reference: one full forward over the last w tokens per generated token."""
-    generated = starts[:, None]
-    for _ in range(length - 1):
-        logits = model(generated[:, -model.context :])
-        generated = torch.cat([generated, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
-    return generated
+from epochal.tasks.walks.reference import reference_generate
 
 
 def sharp_model(seed, vocab=13, context=6, layers=2, d_model=32, dtype=torch.float64):
@@ -36,7 +28,7 @@ def test_generation_equals_naive_recomputation(seed, layers, length):
     model = sharp_model(seed, layers=layers)
     starts = torch.tensor([0, 5, 5, 12, 3, 0, 7, 7, 7, 1])
     with torch.no_grad():
-        expected = naive_generate(model, starts, length)
+        expected = reference_generate(model, starts, length)
     assert torch.equal(greedy_generate(model, starts, length), expected)
     assert torch.equal(greedy_generate_each(model, starts, length), expected)
     assert greedy_generate(model, starts, length).shape == (10, length)
@@ -48,7 +40,7 @@ def test_generation_equals_naive_on_varied_walks_past_the_window():
     model = sharp_model(1, context=4)
     starts = torch.arange(13)
     with torch.no_grad():
-        expected = naive_generate(model, starts, 40)
+        expected = reference_generate(model, starts, 40)
     assert distinct_tails(expected, skip=4) >= 8
     assert len(set(expected[:, 20:].flatten().tolist())) >= 6
     assert torch.equal(greedy_generate(model, starts, 40), expected)
@@ -58,7 +50,7 @@ def test_float32_generation_matches_on_a_default_sized_model():
     model = sharp_model(0, vocab=48, context=32, d_model=64, dtype=torch.float32)
     starts = torch.arange(48)
     with torch.no_grad():
-        expected = naive_generate(model, starts, 66)
+        expected = reference_generate(model, starts, 66)
     assert distinct_tails(expected, skip=32) >= 10
     assert torch.equal(greedy_generate(model, starts, 66), expected)
 
@@ -102,6 +94,6 @@ def test_generation_runs_under_bf16_autocast():
     starts = torch.arange(13)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         generated = greedy_generate(model, starts, 12)
-        expected = naive_generate(model, starts, 12)
+        expected = reference_generate(model, starts, 12)
     assert generated.dtype == torch.int64 and generated.shape == (13, 12)
     assert (generated == expected).float().mean() > 0.9  # bf16 rounding may break a near-tie
