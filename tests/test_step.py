@@ -1,5 +1,7 @@
 import copy
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,16 +70,23 @@ def test_uneven_micro_batches_weight_by_size():
     assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(whole.parameters(), split.parameters()))
 
 
-def test_non_finite_loss_is_flagged_and_the_update_skipped():
+def poisoned_loss(model, batch):
+    return {"loss": mse(model, batch)["loss"] * float("nan")}
+
+
+def infinite_gradient(model, batch):
+    """A finite loss whose gradient is infinite: d sqrt(u)/du at u = 0."""
+    out = model(batch["x"])
+    return {"loss": F.mse_loss(out, batch["y"]) + torch.sqrt(out[0, 0] - out[0, 0].detach())}
+
+
+@pytest.mark.parametrize("loss_fn", [poisoned_loss, infinite_gradient], ids=["nan-loss", "inf-grad"])
+def test_non_finite_loss_or_gradient_skips_the_update(loss_fn):
     torch.manual_seed(0)
     model = nn.Linear(8, 3)
     before = [p.detach().clone() for p in model.parameters()]
-
-    def poisoned(model, batch):
-        return {"loss": mse(model, batch)["loss"] * float("nan")}
-
-    out = make_step(model, loss_fn=poisoned)(batch())
-    assert out["nonfinite"].item()
+    out = make_step(model, loss_fn=loss_fn)(batch())
+    assert not torch.isfinite(out["loss"] + out["grad_norm"])
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 

@@ -32,8 +32,10 @@ class _Batches:
         """Optimizer steps per epoch."""
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
 
-    def _index_batches(self, epoch: int, start: int) -> Iterator[torch.Tensor]:
+    def _index_batches(self, epoch: int, start: int, device: torch.device | None = None) -> Iterator[torch.Tensor]:
         order = epoch_order(self.n, self.seed, epoch)
+        if device is not None:
+            order = order.to(device)  # one transfer an epoch, then slices of it
         for k in range(start, len(self)):
             yield order[k * self.batch_size : (k + 1) * self.batch_size]
 
@@ -50,8 +52,7 @@ class DeviceBatches(_Batches):
         super().__init__(next(iter(lengths.values())), batch_size, seed, drop_last)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        for index in self._index_batches(epoch, start):
-            index = index.to(self.device, non_blocking=True)
+        for index in self._index_batches(epoch, start, self.device):
             yield {name: t[index] for name, t in self.tensors.items()}
 
 

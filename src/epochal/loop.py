@@ -190,17 +190,15 @@ class Fit:
         values = self._buffers.fetch(start, stop)
         self._fetched = stop
         first_step = self.state.step - (stop - start) + 1
-        records, bad = [], []
-        for i in range(stop - start):
-            record = {"step": first_step + i, "epoch": self.state.epoch + 1, "lr": self._lrs[start + i]}
-            record.update({name: column[i] for name, column in values.items() if name != "nonfinite"})
-            records.append(record)
-            if values["nonfinite"][i]:
-                bad.append(first_step + i)
+        records = [{"step": first_step + i, "epoch": self.state.epoch + 1, "lr": self._lrs[start + i],
+                    **{name: column[i] for name, column in values.items()}} for i in range(stop - start)]
         self.folder.append_history(records)
         for name, column in values.items():
-            if name not in ("nonfinite", "grad_norm"):
+            if name != "grad_norm":
                 self.state.curves.setdefault("train_loss" if name == "loss" else name, []).extend(column)
+        # Under fp16 an infinite gradient norm is the scaler's business; a non-finite loss never is.
+        checked = ("loss",) if self.config.train.precision == "fp16" else ("loss", "grad_norm")
+        bad = [r["step"] for r in records if not all(math.isfinite(r[name]) for name in checked)]
         if bad:
             self.on_bad_numbers(bad)
         return stop - start

@@ -1,10 +1,10 @@
 """One optimizer step: autocast, accumulation, scaling, clipping, the non-finite check.
 
-Everything here stays on the device: the loss, the gradient norm and the
-non-finite flag are tensors written into per-epoch buffers that the loop fetches
-once per log interval. A step whose loss or gradient norm is not finite is
-skipped by the fused optimizer itself (its ``found_inf`` input), so bad numbers
-never reach the weights and the host learns of them at the next fetch.
+Everything here stays on the device: the loss and the gradient norm are
+tensors written into per-epoch buffers that the loop fetches once per log
+interval. A step whose loss or gradient norm is not finite is skipped by the
+fused optimizer itself (its ``found_inf`` input), so bad numbers never reach the
+weights; the host sees them in the fetched values.
 """
 
 from __future__ import annotations
@@ -28,21 +28,28 @@ def autocast(device: torch.device, precision: str):
 
 
 class StepBuffers:
-    """Per-step values of one epoch, kept on the device until the loop fetches them."""
+    """Per-step values of one epoch, kept on the device until the loop fetches them.
+
+    One row per step, one column per value: a step costs one stack and one copy.
+    """
 
     def __init__(self, steps: int, device: torch.device):
         self.steps, self.device = steps, device
-        self.values: dict[str, torch.Tensor] = {}
+        self.names: list[str] = []
+        self.rows: torch.Tensor | None = None
 
     def write(self, index: int, values: dict[str, torch.Tensor]) -> None:
-        for name, value in values.items():
-            if name not in self.values:
-                self.values[name] = torch.zeros(self.steps, device=self.device, dtype=torch.float32)
-            self.values[name][index] = value.detach()
+        if self.rows is None:
+            self.names = list(values)
+            self.rows = torch.zeros(self.steps, len(self.names), device=self.device, dtype=torch.float32)
+        self.rows[index] = torch.stack([v.detach().float() for v in values.values()])
 
     def fetch(self, start: int, stop: int) -> dict[str, list[float]]:
         """The host copy of steps [start, stop): the only synchronisation of the training path."""
-        return {name: buffer[start:stop].tolist() for name, buffer in self.values.items()}
+        if self.rows is None:
+            return {}
+        columns = self.rows[start:stop].T.tolist()
+        return dict(zip(self.names, columns))
 
 
 class Step:
@@ -73,32 +80,30 @@ class Step:
             with autocast(self.device, self.precision):
                 parts = self.loss_fn(self.model, micro)
             loss = parts["loss"]
-            if len(next(iter(micro.values()))) != size:
+            share = len(next(iter(micro.values()))) / size
+            if share != 1:
                 # Weighting by size makes the accumulated gradient that of the whole batch's mean.
-                share = len(next(iter(micro.values()))) / size
                 loss = loss * share
-                parts = {name: value.detach() * share for name, value in parts.items()}
+                parts = {name: value * share for name, value in parts.items()}
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             for name, value in parts.items():
-                totals[name] = totals[name] + value.detach() if name in totals else value.detach().float()
+                totals[name] = totals[name] + value.detach() if name in totals else value.detach()
 
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         grad_norm = self._clip()
-        # With fp16 an overflowing gradient is routine (the scaler skips the step and
-        # lowers the scale); only a non-finite loss counts as a bad number there.
-        bad = ~torch.isfinite(totals["loss"])
-        if not self.scaler:
-            bad = bad | ~torch.isfinite(grad_norm)
-            self.optimizer.found_inf = bad.float()
-            self.optimizer.step()
-            del self.optimizer.found_inf
-        else:
+        if self.scaler:
+            # An overflowing fp16 gradient is routine: the scaler skips that step and lowers the scale.
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        else:
+            # loss + norm is finite exactly when both are; the fused optimizer skips the update on 1.0.
+            self.optimizer.found_inf = (totals["loss"] + grad_norm).isfinite().logical_not().float()
+            self.optimizer.step()
+            del self.optimizer.found_inf
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {**totals, "grad_norm": grad_norm, "nonfinite": bad}
+        return {**totals, "grad_norm": grad_norm}
 
     def _clip(self) -> torch.Tensor:
         if self.grad_clip > 0:
