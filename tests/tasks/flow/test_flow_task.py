@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from epochal.checkpoint import CheckpointStore
 from epochal.config import resolve
 from epochal.errors import ConfigError
 from epochal.tasks import RunContext, get_task
@@ -132,3 +133,27 @@ def test_tiny_run_improves_the_sample_distance(tmp_path):
     assert result.run_dir.parent.name == "tests"  # results/<group>/<id>
     assert (result.run_dir / PLOT_FILE).stat().st_size > 10_000
     assert json.loads((result.run_dir / STATS_FILE).read_text())["format"] == NormStats.FORMAT
+
+
+@pytest.mark.slow
+def test_resume_with_ema_equals_the_uninterrupted_run(tmp_path):
+    from epochal import fit
+    from tests.test_resume import SignalAtStep
+
+    overrides = {
+        "train.max_epochs": 2, "train.batch_size": 128, "train.progress": False, "schedule.warmup_steps": 5,
+        "ema.decay": 0.99, "task.n_samples": 1000, "task.hidden": 32, "task.depth": 2, "task.swd_directions": 16,
+        "task.eval_samples": 200, "task.swd_draws": 1,
+    }
+    quiet = lambda _: None  # noqa: E731
+    straight = fit("flow", config_layer(), overrides=overrides, out_dir=tmp_path, experiment_id="straight", log=quiet)
+    stopped = fit("flow", config_layer(), overrides=overrides, out_dir=tmp_path, experiment_id="stopped", log=quiet,
+                  callbacks=[SignalAtStep(9)])  # mid-epoch 2 (7 steps an epoch)
+    assert stopped.status == "preempted"
+    resumed = fit("flow", config_layer(), overrides=overrides, out_dir=tmp_path, experiment_id="stopped", log=quiet,
+                  resume="must")
+    assert resumed.result["curves"] == straight.result["curves"]
+    a, b = (CheckpointStore(r.run_dir / "checkpoints", 3).load("last.pt") for r in (straight, resumed))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["callbacks"]["ema"]["shadow"][k], b["callbacks"]["ema"]["shadow"][k])
+               for k in a["callbacks"]["ema"]["shadow"])
