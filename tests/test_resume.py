@@ -77,3 +77,13 @@ def test_resuming_a_finished_run_changes_nothing(run_toy):
     again = run_toy("r", resume="auto")
     assert again.status == "completed" and again.result["epochs"] == 3
     assert (done.run_dir / "result.json").read_text() == before
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu_trains_and_resumes_exactly(run_toy, precision):
+    settings = {**STRESS, "train.precision": precision}
+    straight = run_toy("straight", settings=settings)
+    assert straight.status == "completed" and straight.metrics["eval_mse"] < 1.0
+    run_toy("stopped", settings=settings, callbacks=[SignalAtStep(6)])
+    resumed = run_toy("stopped", settings=settings, resume="must")
+    assert_identical(straight, resumed)
