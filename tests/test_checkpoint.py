@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-from epochal import checkpoint
 from epochal.checkpoint import CheckpointStore, load_file, serialize
 from epochal.errors import CheckpointError, EpochalError
 from epochal.records import RunFolder

@@ -77,3 +77,12 @@ def test_task_may_be_named_by_a_top_level_string():
     assert resolve(None, [{"task": "toy"}]).task_name == "toy"
     with pytest.raises(ConfigError, match="task: expected a table"):
         resolve(None, [{"task": 3}])
+
+
+def test_a_later_layer_replaces_a_table_setting_whole():
+    walks_default = resolve("walks", [])
+    assert walks_default.gate.above == {"edge_compliance": 0.95, "rule_compliance": 0.80}
+    assert resolve("walks", [{"gate": {"above": {}}}]).gate.above == {}
+    only_edge = resolve("walks", [{"gate": {"above": {"edge_compliance": 0.9}}}])
+    assert only_edge.gate.above == {"edge_compliance": 0.9}
+    assert only_edge.train.batch_size == 64  # sections still merge key by key

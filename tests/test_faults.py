@@ -96,3 +96,17 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+@pytest.mark.slow
+def test_epochal_resume_continues_a_killed_run_even_after_the_folder_moved(tmp_path):
+    assert run(tmp_path, "straight").returncode == 0
+    assert run(tmp_path, "killed", **{KILL_ENV: "8"}).returncode == -signal.SIGKILL
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    (tmp_path / "killed").rename(moved)
+    proc = subprocess.run([sys.executable, "-m", "epochal.cli", "resume", str(moved), "--no-progress"],
+                          env=env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from checkpoint_step_00000006.pt" in proc.stdout
+    assert_same_run(tmp_path / "straight", moved)

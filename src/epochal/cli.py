@@ -109,8 +109,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if not (run_dir / "config.toml").exists():
         raise EpochalError(f"{run_dir}: not a run folder (no config.toml)")
     config = resolve(None, [load_toml(run_dir / "config.toml"), dotted_to_nested(_overrides(args))])
-    levels_up = 2 if config.group else 1
-    config.out_dir = str(run_dir.resolve().parents[levels_up - 1])
+    # The folder may have moved or been renamed since: it is where the run lives now.
+    run_dir = run_dir.resolve()
+    config.experiment_id, config.out_dir = run_dir.name, str(run_dir.parents[1 if config.group else 0])
     result = fit(config.task_name, config, resume="must", force=args.force, callbacks=_test_hooks())
     return result.exit_code
 

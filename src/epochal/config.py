@@ -275,11 +275,15 @@ def build_dataclass(cls: type, data: dict, section: str) -> Any:
 
 
 def merge(base: dict, update: dict) -> dict:
-    """Nested dict merge: tables merge key by key, everything else is replaced."""
+    """Layer ``update`` over ``base``: sections merge key by key, settings are replaced whole.
+
+    A table-valued setting (gate.above) is replaced, not merged, so a later layer
+    can remove a threshold an earlier one set: ``--set gate.above={}`` turns the gate off.
+    """
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+            out[key] = {**out[key], **value}
         else:
             out[key] = value
     return out
@@ -362,11 +366,6 @@ def _default_best_metric(config: RunConfig) -> None:
     if config.checkpoint.best_metric == "" and config.early_stop.enabled:
         config.checkpoint.best_metric = config.early_stop.metric
         config.checkpoint.best_mode = config.early_stop.mode
-
-
-def load_run_config(path: str | Path) -> RunConfig:
-    """A run folder's config.toml back as a RunConfig."""
-    return resolve(None, [load_toml(path)])
 
 
 def flat(data: dict, prefix: str = "") -> dict[str, Any]:

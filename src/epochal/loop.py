@@ -57,7 +57,7 @@ from epochal.tasks import Built, RunContext, Task, get_task
 PREEMPTED_EXIT_CODE = 75
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # Settings that may differ on resume without changing the numbers.
-RESUME_FREE_KEYS = {"out_dir", "train.progress"}
+RESUME_FREE_KEYS = {"out_dir", "experiment_id", "train.progress"}
 
 
 @dataclass
