@@ -4,7 +4,8 @@ All three train the same MLP on the same device-resident data in the same order
 with the same fused AdamW (no decay on biases), warmup + cosine schedule,
 clipping at 1.0 and per-step loss recording. Repeats are interleaved; the
 median time per optimizer step is compared, and the final weights of the raw
-loop and epochal must be bit-equal.
+loop and epochal must be bit-equal. epochal runs twice: with its default guard
+that skips non-finite steps on the device, and without it (the raw loop has none).
 
     python benchmarks/loop_overhead.py [--steps 400] [--repeats 5] [--width 512] [--device auto]
 """
@@ -90,7 +91,7 @@ def raw_loop(cfg: BenchConfig, device: torch.device, steps: int) -> tuple[float,
     return (time.perf_counter() - start) / steps, model
 
 
-def epochal_loop(cfg: BenchConfig, device: torch.device, steps: int) -> tuple[float, nn.Module]:
+def epochal_loop(cfg: BenchConfig, device: torch.device, steps: int, guard: bool = True) -> tuple[float, nn.Module]:
     captured = {}
 
     class Capture(epochal.Callback):
@@ -99,7 +100,7 @@ def epochal_loop(cfg: BenchConfig, device: torch.device, steps: int) -> tuple[fl
             captured["seconds"] = fit.state.train_seconds
 
     overrides = {"train.max_epochs": 1, "train.batch_size": BATCH, "train.seed": SEED, "train.progress": False,
-                 "train.device": str(device), "train.log_every": 100, "optim.lr": LR,
+                 "train.device": str(device), "train.log_every": 100, "optim.lr": LR, "train.guard_nonfinite": guard,
                  "checkpoint.every_epochs": 0, "task.n": steps * BATCH, "task.width": cfg.width, "task.dim": cfg.dim}
     epochal.fit("bench-mlp", overrides=overrides, out_dir="/tmp/epochal-bench", experiment_id="loop",
                 overwrite=True, callbacks=[Capture()], log=lambda _: None)
@@ -160,14 +161,16 @@ def main() -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     cfg = BenchConfig(n=args.steps * BATCH, width=args.width)
-    times: dict[str, list[float]] = {"raw": [], "epochal": [], "lightning": []}
+    times: dict[str, list[float]] = {"raw": [], "epochal": [], "unguarded": [], "lightning": []}
     for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
         raw_time, raw_model = raw_loop(cfg, device, args.steps)
         ep_time, ep_model = epochal_loop(cfg, device, args.steps)
+        unguarded_time, _ = epochal_loop(cfg, device, args.steps, guard=False)
         lightning_time = lightning_loop(cfg, device, args.steps)
         if repeat:
             times["raw"].append(raw_time)
             times["epochal"].append(ep_time)
+            times["unguarded"].append(unguarded_time)
             if lightning_time is not None:
                 times["lightning"].append(lightning_time)
     equal = all(torch.equal(a, b) for a, b in zip(raw_model.state_dict().values(), ep_model.state_dict().values()))
@@ -177,6 +180,7 @@ def main() -> None:
     for name, value in median.items():
         print(f"{name:10s} median step {value * 1e3:8.3f} ms")
     print(f"epochal/raw   {median['epochal'] / median['raw']:.3f}")
+    print(f"epochal/raw   {median['unguarded'] / median['raw']:.3f} with train.guard_nonfinite = false")
     if "lightning" in median:
         print(f"lightning/raw {median['lightning'] / median['raw']:.3f}")
     else:

@@ -86,3 +86,8 @@ def test_a_later_layer_replaces_a_table_setting_whole():
     only_edge = resolve("walks", [{"gate": {"above": {"edge_compliance": 0.9}}}])
     assert only_edge.gate.above == {"edge_compliance": 0.9}
     assert only_edge.train.batch_size == 64  # sections still merge key by key
+
+
+def test_skip_policy_needs_the_device_guard():
+    with pytest.raises(ConfigError, match="train.nan_policy: 'skip' needs train.guard_nonfinite = true"):
+        resolve("toy", [{"train": {"nan_policy": "skip", "guard_nonfinite": False}}])

@@ -97,3 +97,13 @@ def test_components_are_returned_next_to_the_loss():
 
     out = make_step(nn.Linear(8, 3), loss_fn=two_part)(batch())
     assert torch.allclose(out["loss"], out["part"] * 3)
+
+
+def test_without_the_guard_a_non_finite_step_reaches_the_weights():
+    torch.manual_seed(0)
+    model = nn.Linear(8, 3)
+    opt = build_adamw(model, lr=1e-2, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    step = Step(model, poisoned_loss, opt, sched, torch.device("cpu"), "fp32", 1.0, 1, guard_nonfinite=False)
+    step(batch())
+    assert not torch.isfinite(model.weight).all()

@@ -103,7 +103,7 @@ class Fit:
         schedule = make_schedule(config.schedule.kind, warmup, self.total_steps, config.schedule.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.step = Step(forward_model, task.loss, self.optimizer, self.scheduler, device, train.precision,
-                         train.grad_clip, train.grad_accum)
+                         train.grad_clip, train.grad_accum, train.guard_nonfinite)
         self.state = TrainState()
         self.config_dict, self.config_hash = config.to_dict(), config.hash()
         self.store = CheckpointStore(folder.path / "checkpoints", config.checkpoint.keep_last)

@@ -63,11 +63,12 @@ class Step:
         precision: str,
         grad_clip: float,
         grad_accum: int,
+        guard_nonfinite: bool = True,
     ):
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
         self.device, self.precision = device, precision
-        self.grad_clip, self.grad_accum = grad_clip, grad_accum
+        self.grad_clip, self.grad_accum, self.guard_nonfinite = grad_clip, grad_accum, guard_nonfinite
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         # fp16 needs loss scaling; bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -96,11 +97,13 @@ class Step:
             # An overflowing fp16 gradient is routine: the scaler skips that step and lowers the scale.
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
+        elif self.guard_nonfinite:
             # loss + norm is finite exactly when both are; the fused optimizer skips the update on 1.0.
             self.optimizer.found_inf = (totals["loss"] + grad_norm).isfinite().logical_not().float()
             self.optimizer.step()
             del self.optimizer.found_inf
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {**totals, "grad_norm": grad_norm}
