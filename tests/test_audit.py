@@ -13,8 +13,14 @@ def test_first_difference_names_the_step_and_values():
 @pytest.mark.slow
 def test_audit_passes_for_the_toy_task(tmp_path, capsys):
     code = main(["audit", "toy", "--kills", "1", "--epochs", "2", "--set", "task.n_train=128",
-                 "--out", str(tmp_path)])
+                 "--set", "group=\"sweep\"", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "a vs b: losses identical, weights identical" in out
     assert "a vs killed: losses identical, weights identical" in out
+
+
+def test_audit_of_a_bad_config_is_one_error_line(tmp_path, capsys):
+    code = main(["audit", "toy", "--set", "train.nope=1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("epochal: error: train.nope: unknown key") and err.count("\n") == 1

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from epochal.callbacks.base import Callback
+from epochal.config import dotted_to_nested, load_toml, resolve
 
 KILL_ENV = "EPOCHAL_KILL_AT_STEP"
 
@@ -79,10 +80,11 @@ def _run(cmd: list[str], kill_at: int | None = None) -> int:
 
 def audit(task: str, config: str | None, overrides: dict, kills: int, every_steps: int, out: str) -> int:
     overrides = {**overrides, "checkpoint.every_steps": every_steps}
-    runs = {name: Path(out, f"audit-{name}") for name in ("a", "b", "killed")}
+    resolved = resolve(task, [load_toml(config) if config else {}, dotted_to_nested(overrides)])
+    runs = {name: Path(out, resolved.group, f"audit-{name}") for name in ("a", "b", "killed")}
     for name in ("a", "b"):
         code = _run(_command(task, config, overrides, out, runs[name].name, resume=False))
-        if code != 0:
+        if code != 0 or not (runs[name] / "result.json").exists():
             print(f"run {name} failed with exit code {code}")
             return 1
     total = json.loads((runs["a"] / "result.json").read_text())["steps"]
