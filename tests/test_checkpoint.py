@@ -152,3 +152,4 @@ def test_nan_policy_rollback_gives_up_after_max_rollbacks(tmp_path):
         result = fit_poisoned(tmp_path, set(range(6, 100)), "rollback", **{"train.max_rollbacks": 2})
     assert result.status == "failed" and "rollbacks exhausted" in result.stop_reason
     assert result.result["metadata"]["rollbacks"] == 2
+

@@ -306,6 +306,8 @@ class Fit:
     def save_checkpoint(self, name: str, kind: str, links: tuple[str, ...] = (), wait: bool = False) -> None:
         """Copy the state off the device now; serialise and write in the background."""
         self.fetch()
+        if self._rolled_back:  # the fetch found bad numbers and reloaded a saved state: nothing new to keep
+            return
         payload = self.checkpoint_payload()
         info = {"kind": kind, "step": self.state.step, "epoch": self.state.epoch,
                 "batch_in_epoch": self.state.batch_in_epoch,
