@@ -42,6 +42,7 @@ def test_run_show_and_tasks(capsys, tmp_path):
     assert code == 0 and str(tmp_path / "r") in out
     code, out, _ = run_cli(capsys, "show", str(tmp_path / "r"))
     assert code == 0 and "status completed" in out and "final eval_mse" in out and "best eval_mse" in out
+    assert "last weights  best weights" in out and any(l.startswith("eval_mse ") for l in out.splitlines())
     code, out, _ = run_cli(capsys, "tasks")
     assert code == 0 and any(line.startswith("toy") for line in out.splitlines())
 

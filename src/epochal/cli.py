@@ -137,8 +137,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"best {best['metric']} {best['value']} at epoch {best['epoch']}")
     if "gate_passed" in meta:
         print(f"gate ({meta['gate']}): {'passed at epoch ' + str(meta['gate_epoch']) if meta['gate_passed'] else 'not passed'}")
-    for split, metrics in result.get("test", {}).items():
-        print(f"test ({split} weights): " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    tested = result.get("test", {})
+    if tested:
+        names = list(next(iter(tested.values())))
+        width = max(len(name) for name in names)
+        print(f"{'test metric':{width}s}  " + "  ".join(f"{split + ' weights':>12s}" for split in tested))
+        for name in names:
+            print(f"{name:{width}s}  " + "  ".join(f"{tested[split].get(name, float('nan')):12.4g}" for split in tested))
     print(f"checkpoints in {run_dir / 'checkpoints'}: {', '.join(result.get('checkpoints', [])) or 'none'}")
     return 0
 
