@@ -5,6 +5,7 @@ import signal
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from epochal.callbacks.base import Callback
 from epochal.checkpoint import CheckpointStore
@@ -45,6 +46,9 @@ def assert_identical(a, b):
 @pytest.mark.parametrize("stop_step", [4, 6], ids=["epoch-boundary", "mid-epoch"])
 def test_preempted_and_resumed_equals_uninterrupted(run_toy, stop_step):
     straight = run_toy("straight", settings=STRESS)
+    exported = load_file(str(straight.run_dir / "checkpoints" / "model_ema.safetensors"))
+    ema_state = final_tensors(straight.run_dir)
+    assert exported and all(torch.equal(v, ema_state[f"ema.{k}"]) for k, v in exported.items())
     stopped = run_toy("stopped", settings=STRESS, callbacks=[SignalAtStep(stop_step)])
     assert stopped.status == "preempted" and stopped.exit_code == 75
     assert stopped.result["steps"] == stop_step

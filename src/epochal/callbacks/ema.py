@@ -24,7 +24,7 @@ class EMA(Callback):
         self.decay, self.warmup = decay, warmup
         self.updates = 0
         self.shadow = {name: p.detach().clone() for name, p in model.state_dict().items()}
-        self._float_names = [n for n, p in model.named_parameters()]
+        self._param_names = [n for n, p in model.named_parameters()]
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -35,7 +35,7 @@ class EMA(Callback):
     def update(self, model: nn.Module) -> None:
         decay = self.current_decay()
         state = model.state_dict()
-        names = self._float_names
+        names = self._param_names
         torch._foreach_lerp_([self.shadow[n] for n in names], [state[n].detach() for n in names], 1.0 - decay)
         for name, value in state.items():
             if name not in names:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -63,7 +63,6 @@ class RunContext:
     device: torch.device
     seed: int
     config: "RunConfig"
-    extra: dict = field(default_factory=dict)
 
     def numpy_rng(self, purpose: str) -> np.random.Generator:
         """A generator seeded by (seed, purpose): data made with it does not depend on call order."""
