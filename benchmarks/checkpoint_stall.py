@@ -1,7 +1,7 @@
 """Checkpoint stall: how long a checkpoint holds up training, against the time of one step.
 
 Trains TASK with a checkpoint every N steps twice, with the background writer
-and with synchronous writes, and times each ``save_checkpoint`` call on the
+and with synchronous writes, and times each ``Run.save`` call on the
 training thread (the copy off the device, plus the whole write when synchronous).
 
     python benchmarks/checkpoint_stall.py [--task walks] [--steps-between 20] [--epochs 1]
@@ -14,27 +14,27 @@ import statistics
 import time
 
 import epochal
-from epochal.loop import Fit
+from epochal.run import Run
 
 
 def measure(task: str, config: str | None, every: int, epochs: int, async_write: bool) -> tuple[list[float], float]:
     stalls: list[float] = []
-    original = Fit.save_checkpoint
+    original = Run.save
 
     def timed(self, *args, **kwargs):
         start = time.perf_counter()
         original(self, *args, **kwargs)
         stalls.append(time.perf_counter() - start)
 
-    Fit.save_checkpoint = timed
+    Run.save = timed
     try:
         overrides = {"train.max_epochs": epochs, "train.progress": False, "checkpoint.every_steps": every,
                      "checkpoint.every_epochs": 0, "checkpoint.async_write": async_write, "gate.above": {},
                      "gate.below": {}}
-        result = epochal.fit(task, config, overrides=overrides, out_dir="/tmp/epochal-bench",
+        result = epochal.run(task, config, overrides=overrides, out_dir="/tmp/epochal-bench",
                              experiment_id=f"stall-{async_write}", overwrite=True, log=lambda _: None)
     finally:
-        Fit.save_checkpoint = original
+        Run.save = original
     steps = result.result["steps"]
     return stalls, result.result["metadata"]["train_seconds"] / steps
 

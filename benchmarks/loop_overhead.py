@@ -1,18 +1,22 @@
-"""Loop overhead: epochal.fit against a minimal hand-written PyTorch loop (and Lightning, if installed).
+"""Loop overhead: epochal.run against a minimal hand-written PyTorch loop (and Lightning, if installed).
 
-All three train the same MLP on the same device-resident data in the same order
-with the same fused AdamW (no decay on biases), warmup + cosine schedule,
-clipping at 1.0 and per-step loss recording. Repeats are interleaved; the
-median time per optimizer step is compared, and the final weights of the raw
-loop and epochal must be bit-equal. epochal runs twice: with its default guard
-that skips non-finite steps on the device, and without it (the raw loop has none).
+All train the same MLP on the same device-resident data in the same order with
+the same fused AdamW (no decay on biases), warmup + cosine schedule, clipping at
+1.0 and per-step loss recording. epochal runs twice: with its default guard that
+skips non-finite steps on the device, and without it (the raw loop has none).
 
-    python benchmarks/loop_overhead.py [--steps 400] [--repeats 5] [--width 512] [--device auto]
+This machine is noisy, so the variants are paired: each repeat runs every variant
+once, in a shuffled order, and the ratio to the raw loop is taken within the
+repeat; the report is the min / median / max of those per-repeat ratios. The
+final weights of the raw loop and epochal must be bit-equal.
+
+    python benchmarks/loop_overhead.py [--steps 1000] [--repeats 7] [--width 512] [--device auto]
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -95,14 +99,14 @@ def epochal_loop(cfg: BenchConfig, device: torch.device, steps: int, guard: bool
     captured = {}
 
     class Capture(epochal.Callback):
-        def on_fit_end(self, fit):
-            captured["model"] = fit.model
-            captured["seconds"] = fit.state.train_seconds
+        def on_fit_end(self, run):
+            captured["model"] = run.model
+            captured["seconds"] = run.state.train_seconds
 
     overrides = {"train.max_epochs": 1, "train.batch_size": BATCH, "train.seed": SEED, "train.progress": False,
                  "train.device": str(device), "train.log_every": 100, "optim.lr": LR, "train.guard_nonfinite": guard,
                  "checkpoint.every_epochs": 0, "task.n": steps * BATCH, "task.width": cfg.width, "task.dim": cfg.dim}
-    epochal.fit("bench-mlp", overrides=overrides, out_dir="/tmp/epochal-bench", experiment_id="loop",
+    epochal.run("bench-mlp", overrides=overrides, out_dir="/tmp/epochal-bench", experiment_id="loop",
                 overwrite=True, callbacks=[Capture()], log=lambda _: None)
     return captured["seconds"] / steps, captured["model"]
 
@@ -153,38 +157,47 @@ def _sync(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     cfg = BenchConfig(n=args.steps * BATCH, width=args.width)
-    times: dict[str, list[float]] = {"raw": [], "epochal": [], "unguarded": [], "lightning": []}
+    variants = {
+        "raw": lambda: raw_loop(cfg, device, args.steps),
+        "epochal": lambda: epochal_loop(cfg, device, args.steps),
+        "unguarded": lambda: epochal_loop(cfg, device, args.steps, guard=False),
+        "lightning": lambda: lightning_loop(cfg, device, args.steps),
+    }
+    order = random.Random(0)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    models = {}
     for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
-        raw_time, raw_model = raw_loop(cfg, device, args.steps)
-        ep_time, ep_model = epochal_loop(cfg, device, args.steps)
-        unguarded_time, _ = epochal_loop(cfg, device, args.steps, guard=False)
-        lightning_time = lightning_loop(cfg, device, args.steps)
-        if repeat:
-            times["raw"].append(raw_time)
-            times["epochal"].append(ep_time)
-            times["unguarded"].append(unguarded_time)
-            if lightning_time is not None:
-                times["lightning"].append(lightning_time)
-    equal = all(torch.equal(a, b) for a, b in zip(raw_model.state_dict().values(), ep_model.state_dict().values()))
-    median = {name: statistics.median(values) for name, values in times.items() if values}
-    print(f"device {device}, torch threads {torch.get_num_threads()}, {args.steps} steps x {args.repeats} repeats, "
-          f"MLP width {args.width}, batch {BATCH}")
-    for name, value in median.items():
-        print(f"{name:10s} median step {value * 1e3:8.3f} ms")
-    print(f"epochal/raw   {median['epochal'] / median['raw']:.3f}")
-    print(f"epochal/raw   {median['unguarded'] / median['raw']:.3f} with train.guard_nonfinite = false")
-    if "lightning" in median:
-        print(f"lightning/raw {median['lightning'] / median['raw']:.3f}")
-    else:
-        print("lightning/raw n/a (install the bench extra: make bench)")
+        names = list(variants)
+        order.shuffle(names)
+        for name in names:
+            measured = variants[name]()
+            if isinstance(measured, tuple):
+                measured, models[name] = measured
+            if repeat and measured is not None:
+                times[name].append(measured)
+    equal = all(torch.equal(a, b) for a, b in zip(models["raw"].state_dict().values(),
+                                                   models["epochal"].state_dict().values()))
+    print(f"device {device}, torch threads {torch.get_num_threads()}, {args.steps} steps x {args.repeats} paired "
+          f"repeats, MLP width {args.width}, batch {BATCH}")
+    for name, values in times.items():
+        if values:
+            print(f"{name:10s} median step {statistics.median(values) * 1e3:8.3f} ms")
+    for name in ("epochal", "unguarded", "lightning"):
+        if not times[name]:
+            print(f"{name}/raw n/a (install the bench extra: make bench)")
+            continue
+        ratios = sorted(t / r for t, r in zip(times[name], times["raw"]))
+        note = " (train.guard_nonfinite = false)" if name == "unguarded" else ""
+        print(f"{name + '/raw':14s} min {ratios[0]:.3f}  median {statistics.median(ratios):.3f}  "
+              f"max {ratios[-1]:.3f}{note}")
     print(f"final weights raw vs epochal bit-equal: {equal}")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from epochal.config import resolve
+from epochal.resolve import resolve
 from epochal.tasks import RunContext, get_task
 from epochal.tasks.walks.compliance import evaluate_compliance
 from epochal.tasks.walks.generate import greedy_generate, greedy_generate_each
@@ -59,11 +59,11 @@ def best_time(fn, repeats: int):
 
 
 def time_to_gate() -> None:
-    """The default recipe through epochal.fit: wall time to the gate, and training tokens per second."""
+    """The default recipe through epochal.run: wall time to the gate, and training tokens per second."""
     import epochal
 
     started = time.perf_counter()
-    result = epochal.fit("walks", overrides={"train.progress": False}, out_dir=tempfile.mkdtemp(),
+    result = epochal.run("walks", overrides={"train.progress": False}, out_dir=tempfile.mkdtemp(),
                          experiment_id="gate", log=lambda _: None)
     wall = time.perf_counter() - started
     meta, cfg = result.result["metadata"], resolve("walks", []).task

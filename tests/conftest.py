@@ -12,7 +12,7 @@ def quiet(_message: str) -> None:
 @pytest.fixture
 def run_toy(tmp_path):
     """fit() of the built-in toy task into tmp_path with test-sized settings; returns the FitResult."""
-    from epochal import fit
+    from epochal import run as fit
 
     def run(experiment_id: str = "run", task="toy", **overrides):
         settings = {"train.max_epochs": 3, "train.progress": False, "task.n_train": 256, "task.n_eval": 128}

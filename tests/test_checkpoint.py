@@ -108,7 +108,7 @@ class PoisonedToy(ToyTask):
 
 
 def fit_poisoned(tmp_path, bad_calls, policy, **extra):
-    from epochal import fit
+    from epochal import run as fit
     from tests.conftest import quiet
 
     settings = {"train.max_epochs": 3, "train.progress": False, "task.n_train": 256, "train.nan_policy": policy,
@@ -117,7 +117,7 @@ def fit_poisoned(tmp_path, bad_calls, policy, **extra):
 
 
 def all_finite(run_dir):
-    model = CheckpointStore(run_dir / "checkpoints", 3).load("last.pt")["model"]
+    model = CheckpointStore(run_dir / "checkpoints", 3).load_states("last.pt")["model"]
     return all(torch.isfinite(t).all() for t in model.values())
 
 

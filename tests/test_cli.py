@@ -21,6 +21,12 @@ def run_cli(capsys, *args):
         (["run", "no-such-task"], "unknown task 'no-such-task'"),
         (["run", "toy", "--precision", "fp8"], "invalid choice: 'fp8'"),
         (["run", "toy", "--config", "missing.toml"], "missing.toml: no such file"),
+        # Metric names are checked against the task's declared metrics before any folder exists.
+        (["run", "toy", "--set", "checkpoint.best_metric=\"eval_mae\""],
+         "checkpoint.best_metric: 'eval_mae' is not a metric of task 'toy'; allowed: eval_mse"),
+        (["run", "toy", "--set", "early_stop.enabled=true", "--set", "early_stop.metric=\"mse\""],
+         "early_stop.metric: 'mse' is not a metric of task 'toy'"),
+        (["run", "walks", "--set", "gate.above={edge=0.9}"], "gate.above.edge: 'edge' is not a metric of task 'walks'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_run_folder(capsys, tmp_path, args, fragment):

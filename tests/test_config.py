@@ -1,6 +1,7 @@
 import pytest
 
-from epochal.config import RunConfig, parse_override, resolve
+from epochal.config import RunConfig, parse_override
+from epochal.resolve import resolve
 from epochal.errors import ConfigError
 
 

@@ -66,7 +66,7 @@ def test_early_stopping_keeps_a_best_that_differs_from_last(run_toy):
     assert "early stopping" in result.stop_reason and result.result["epochs"] < 30
     assert best["epoch"] < result.result["epochs"]
     store = CheckpointStore(result.run_dir / "checkpoints", keep_last=3)
-    best_model, last_model = store.load("best.pt")["model"], store.load("last.pt")["model"]
+    best_model, last_model = store.load_states("best.pt")["model"], store.load_states("last.pt")["model"]
     assert any(not torch.equal(best_model[k], last_model[k]) for k in best_model)
     assert result.result["test"]["best"]["eval_mse"] < result.result["test"]["last"]["eval_mse"]
 
@@ -76,3 +76,30 @@ def test_retention_keeps_the_last_k_rolling_checkpoints(run_toy):
     rolling = [name for name in result.result["checkpoints"] if name.startswith("checkpoint_epoch")]
     assert rolling == ["checkpoint_epoch_0005.pt", "checkpoint_epoch_0006.pt"]
     assert sorted(p.name for p in (result.run_dir / "checkpoints").glob("checkpoint_*")) == rolling
+
+
+SYNCING = ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
+
+
+def count_host_syncs(monkeypatch, run_toy, n_train):
+    """Tensor-to-host conversions during a whole one-epoch run (eval, checkpoints and test included)."""
+    calls = []
+    for name in SYNCING:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    run_toy(f"syncs-{n_train}", settings={"train.max_epochs": 1, "task.n_train": n_train, "train.log_every": 10_000,
+                                          "ema.enabled": True, "ema.decay": 0.9})
+    monkeypatch.undo()
+    return len(calls)
+
+
+def test_no_host_sync_per_step_between_log_intervals(monkeypatch, run_toy):
+    short = count_host_syncs(monkeypatch, run_toy, 64 * 8)
+    long = count_host_syncs(monkeypatch, run_toy, 64 * 32)
+    assert short > 0  # the counter sees the end-of-epoch fetch and the evaluation
+    assert long == short

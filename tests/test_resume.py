@@ -27,11 +27,11 @@ class SignalAtStep(Callback):
 
 
 def final_tensors(run_dir):
-    payload = CheckpointStore(run_dir / "checkpoints", 3).load("last.pt")
+    payload = CheckpointStore(run_dir / "checkpoints", 3).load_states("last.pt")
     tensors = dict(payload["model"])
     for key, state in payload["optimizer"]["state"].items():
         tensors.update({f"opt.{key}.{name}": value for name, value in state.items()})
-    tensors.update({f"ema.{k}": v for k, v in payload["callbacks"]["ema"]["shadow"].items()})
+    tensors.update({f"ema.{k}": v for k, v in payload["ema"]["shadow"].items()})
     return tensors
 
 
@@ -91,3 +91,22 @@ def test_mixed_precision_on_cpu_trains_and_resumes_exactly(run_toy, precision):
     run_toy("stopped", settings=settings, callbacks=[SignalAtStep(6)])
     resumed = run_toy("stopped", settings=settings, resume="must")
     assert_identical(straight, resumed)
+
+
+def test_a_checkpoint_written_before_the_state_registry_resumes_to_the_golden_result(tmp_path):
+    """tests/golden/toy-v1-preempted: the toy golden case preempted at step 5 by the format-1 loop."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from epochal import run
+    from epochal.audit import weights_hash
+
+    golden = Path(__file__).parent / "golden"
+    shutil.copytree(golden / "toy-v1-preempted", tmp_path / "toy-v1-preempted")
+    config = tmp_path / "toy-v1-preempted" / "config.toml"
+    resumed = run("toy", config, out_dir=tmp_path, resume="must", log=lambda _: None)
+    expected = json.loads((golden / "toy.json").read_text())
+    assert resumed.status == "completed"
+    assert resumed.result["curves"]["train_loss"] == expected["train_loss"]
+    assert weights_hash(resumed.run_dir) == expected["weights_sha256"]

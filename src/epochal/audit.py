@@ -15,13 +15,14 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from epochal.callbacks.base import Callback
-from epochal.config import dotted_to_nested, load_toml, resolve
+from epochal.resolve import resolve_config
 
 KILL_ENV = "EPOCHAL_KILL_AT_STEP"
 
@@ -32,8 +33,8 @@ class KillAtStep(Callback):
     def __init__(self, step: int):
         self.step = step
 
-    def on_step_end(self, fit) -> None:
-        if fit.state.step == self.step:
+    def on_step_end(self, run) -> None:
+        if run.state.step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -61,12 +62,9 @@ def first_difference(a: list, b: list) -> str | None:
     return None
 
 
-def _command(task: str, config: str | None, overrides: dict, out: str, run_id: str, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "epochal.cli", "run", task, "--out", out, "--id", run_id, "--no-progress"]
-    if config:
-        cmd += ["--config", config]
-    for key, value in overrides.items():
-        cmd += ["--set", f"{key}={json.dumps(value)}"]
+def _command(task: str, config: Path, out: str, run_id: str, resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "epochal.cli", "run", task, "--config", str(config), "--out", out, "--id", run_id,
+           "--no-progress"]
     return cmd + (["--resume", "auto"] if resume else ["--overwrite"])
 
 
@@ -78,12 +76,21 @@ def _run(cmd: list[str], kill_at: int | None = None) -> int:
     return subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode
 
 
-def audit(task: str, config: str | None, overrides: dict, kills: int, every_steps: int, out: str) -> int:
-    overrides = {**overrides, "checkpoint.every_steps": every_steps}
-    resolved = resolve(task, [load_toml(config) if config else {}, dotted_to_nested(overrides)])
-    runs = {name: Path(out, resolved.group, f"audit-{name}") for name in ("a", "b", "killed")}
+def audit(task: str, config: str | None, overrides: dict, kills: int, every_steps: int, out: str,
+          run_id: str = "audit") -> int:
+    """Runs ``<run_id>-a``, ``-b`` and ``-killed`` of one resolved config, which the three subprocesses read
+    from one TOML file, so they train exactly what was resolved here (tables included)."""
+    task_obj, resolved = resolve_config(task, config, {**overrides, "checkpoint.every_steps": every_steps})
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp, "audit.toml")
+        config_file.write_text(resolved.to_toml())
+        return _audit(task_obj.name, config_file, resolved.group, kills, out, run_id)
+
+
+def _audit(task: str, config: Path, group: str, kills: int, out: str, run_id: str) -> int:
+    runs = {name: Path(out, group, f"{run_id}-{name}") for name in ("a", "b", "killed")}
     for name in ("a", "b"):
-        code = _run(_command(task, config, overrides, out, runs[name].name, resume=False))
+        code = _run(_command(task, config, out, runs[name].name, resume=False))
         if code != 0 or not (runs[name] / "result.json").exists():
             print(f"run {name} failed with exit code {code}")
             return 1
@@ -92,12 +99,12 @@ def audit(task: str, config: str | None, overrides: dict, kills: int, every_step
     print(f"kill points (steps of {total}): {points}")
     resume = False
     for point in points:
-        code = _run(_command(task, config, overrides, out, runs["killed"].name, resume), kill_at=point)
+        code = _run(_command(task, config, out, runs["killed"].name, resume), kill_at=point)
         if code != -signal.SIGKILL:
             print(f"expected a SIGKILL at step {point}, the run exited with {code}")
             return 1
         resume = True
-    if _run(_command(task, config, overrides, out, runs["killed"].name, resume)) != 0:
+    if _run(_command(task, config, out, runs["killed"].name, resume)) != 0:
         print("the final resume failed")
         return 1
     results = {name: json.loads((path / "result.json").read_text()) for name, path in runs.items()}

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save as safetensors_save
 
 from epochal.errors import CheckpointError
 
@@ -106,6 +107,34 @@ def load_file(path: Path, expected_sha256: str | None = None) -> dict:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
 
 
+def payload_states(payload: dict) -> dict:
+    """The registry states a checkpoint holds, from either format.
+
+    Format 1 (before the state registry) kept fixed top-level keys and the
+    callbacks under "callbacks"; it maps onto the registry's names one to one,
+    except the bad-step count and rollbacks, which now belong to the NaN policy.
+    """
+    version = payload.get("format") if isinstance(payload, dict) else None
+    if version == 2:
+        return payload["state"]
+    if version == 1:
+        state = dict(payload["state"])
+        nan_policy = {"bad_steps": state.pop("bad_steps", []), "rollbacks": state.pop("rollbacks", 0)}
+        state.pop("should_stop", None)
+        states = {"model": payload["model"], "optimizer": payload["optimizer"], "scheduler": payload["scheduler"],
+                  "state": state, "rng": payload["rng"], "nan_policy": nan_policy, **payload["callbacks"]}
+        if payload.get("scaler") is not None:
+            states["scaler"] = payload["scaler"]
+        return states
+    raise CheckpointError(f"checkpoint format {version!r} is not one this version reads; allowed: 1, 2")
+
+
+def save_weights(path: Path, model: torch.nn.Module) -> None:
+    """A model's tensors as safetensors: data only, readable by any framework."""
+    tensors = {name: value.contiguous() for name, value in to_cpu(model.state_dict()).items()}
+    atomic_write_bytes(path, safetensors_save(tensors))
+
+
 class CheckpointStore:
     """The checkpoints/ folder: named files, their manifest, retention."""
 
@@ -167,6 +196,10 @@ class CheckpointStore:
             except CheckpointError as err:
                 warn(f"skipping checkpoint: {err}")
         return None
+
+    def load_states(self, name: str) -> dict:
+        """The registry states (model, optimizer, ema, ...) of a complete checkpoint, from either format."""
+        return payload_states(self.load(name))
 
     def load(self, name: str) -> dict:
         entry = next((e for e in self.manifest() if e["file"] == name), None)

@@ -41,7 +41,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels (train.deterministic)")
     p.add_argument("--out", help="results folder (default: results)")
-    p.add_argument("--id", dest="experiment_id", help="run folder name (default: <task>-<timestamp>)")
+    p.add_argument("--id", dest="experiment_id", help="run folder name (default: <task>-<timestamp>; audit: audit)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,28 +91,26 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from epochal.loop import fit
-    from epochal.tasks import get_task
+    from epochal.api import run
 
-    task = get_task(args.task)
-    result = fit(task, args.config, overrides=_overrides(args), out_dir=args.out,
+    result = run(args.task, args.config, overrides=_overrides(args), out_dir=args.out,
                  experiment_id=args.experiment_id, resume=args.resume, overwrite=args.overwrite,
                  force=args.force, callbacks=_test_hooks())
     return result.exit_code
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from epochal.config import dotted_to_nested, load_toml, resolve
-    from epochal.loop import fit
+    from epochal.api import run
+    from epochal.resolve import resolve_config
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.toml").exists():
         raise EpochalError(f"{run_dir}: not a run folder (no config.toml)")
-    config = resolve(None, [load_toml(run_dir / "config.toml"), dotted_to_nested(_overrides(args))])
+    task, config = resolve_config(None, run_dir / "config.toml", _overrides(args))
     # The folder may have moved or been renamed since: it is where the run lives now.
     run_dir = run_dir.resolve()
     config.experiment_id, config.out_dir = run_dir.name, str(run_dir.parents[1 if config.group else 0])
-    result = fit(config.task_name, config, resume="must", force=args.force, callbacks=_test_hooks())
+    result = run(task, config, resume="must", force=args.force, callbacks=_test_hooks())
     return result.exit_code
 
 
@@ -159,7 +157,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from epochal.audit import audit
 
-    return audit(args.task, args.config, _overrides(args), args.kills, args.every_steps, args.out or "results/audit")
+    return audit(args.task, args.config, _overrides(args), args.kills, args.every_steps, args.out or "results/audit",
+                 args.experiment_id or "audit")
 
 
 def _test_hooks() -> list:

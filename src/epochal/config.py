@@ -115,6 +115,7 @@ class EarlyStopConfig:
 class GateConfig:
     above: dict[str, float] = field(default_factory=dict)  # metric must be strictly greater than the value
     below: dict[str, float] = field(default_factory=dict)  # metric must be strictly smaller than the value
+    stop: bool = True  # stop training at the first pass (seed 001); false: record the pass and train on
 
 
 @dataclass
@@ -328,10 +329,22 @@ def load_toml(path: str | Path) -> dict:
         raise ConfigError(f"--config {path}: not valid TOML ({err})") from None
 
 
-def resolve(task_name: str | None, layers: list[dict]) -> RunConfig:
-    """The RunConfig from nested-dict layers (task defaults first, overrides last)."""
-    from epochal.tasks import get_task
+def layered_task_name(layers: list[dict]) -> str | None:
+    """The task a stack of layers names in [task] name (or top-level ``task = "..."``), the last one winning."""
+    name = None
+    for layer in layers:
+        table = layer.get("task")
+        if isinstance(table, str):
+            name = table
+        elif isinstance(table, dict):
+            name = table.get("name", name)
+        elif table is not None:
+            raise ConfigError(f"task: expected a table ([task] name = ...) or a task name, got {table!r}")
+    return name if isinstance(name, str) else None
 
+
+def build_config(task: Any, layers: list[dict]) -> RunConfig:
+    """The RunConfig of ``task`` (a Task) from nested-dict layers: the task's defaults first, overrides last."""
     data = {}
     for layer in layers:
         data = merge(data, layer)
@@ -341,13 +354,10 @@ def resolve(task_name: str | None, layers: list[dict]) -> RunConfig:
     if not isinstance(task_table, dict):
         raise ConfigError(f"task: expected a table ([task] name = ...) or a task name, got {task_table!r}")
     task_table = dict(task_table)
-    name = task_name or task_table.get("name")
-    if not name:
-        raise ConfigError("task.name: no task given; pass one on the command line or set [task] name")
+    name = task.name
     if task_table.get("name", name) != name:
         raise ConfigError(f"task.name: the config is for {task_table['name']!r}, not {name!r}")
     task_table.pop("name", None)
-    task = get_task(name)
     data = merge(task.defaults, data)
     unknown = sorted(set(data) - set(_SECTIONS) - set(_TOP_LEVEL))
     if unknown:
@@ -357,8 +367,22 @@ def resolve(task_name: str | None, layers: list[dict]) -> RunConfig:
     sections = {k: build_dataclass(tp, data.get(k, {}), k) for k, tp in _SECTIONS.items()}
     config = RunConfig(task=build_dataclass(task.Config, task_table, "task"), task_name=name, **top, **sections)
     _default_best_metric(config)
+    _check_metric_names(config, tuple(getattr(task, "metrics", ())))
     task.validate(config)
     return config
+
+
+def _check_metric_names(config: RunConfig, declared: tuple[str, ...]) -> None:
+    """Every setting that names a metric names one the task declares (undeclared: checked at the first evaluation)."""
+    if not declared:
+        return
+    named = [("checkpoint.best_metric", config.checkpoint.best_metric)]
+    if config.early_stop.enabled:
+        named.append(("early_stop.metric", config.early_stop.metric))
+    named += [(f"gate.above.{m}", m) for m in config.gate.above] + [(f"gate.below.{m}", m) for m in config.gate.below]
+    for key, metric in named:
+        if metric and metric not in declared:
+            raise ConfigError(f"{key}: {metric!r} is not a metric of task {config.task_name!r}; allowed: {', '.join(declared)}")
 
 
 _SECTIONS = {name: tp for name, tp in typing.get_type_hints(RunConfig).items() if dataclasses.is_dataclass(tp)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import hashlib
 import os
 import platform
@@ -13,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-import epochal
 
 
 def _git(*args: str, cwd: Path) -> str | None:
@@ -67,7 +66,7 @@ def _nvidia_driver() -> str | None:
 
 def collect(device: torch.device, seed: int) -> dict:
     return {
-        "epochal": epochal.__version__,
+        "epochal": importlib.metadata.version("epochal"),
         "git": git_info(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,

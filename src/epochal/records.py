@@ -81,6 +81,9 @@ class RunFolder:
         except (OSError, ValueError):
             pass
 
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_text(self.path / name, text)
+
     def write_json(self, name: str, data: dict) -> None:
         atomic_write_text(self.path / name, json.dumps(finite_or_none(data), indent=1) + "\n")
 

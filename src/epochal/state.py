@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import random
 import copy
+import math
+import random
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -12,23 +13,31 @@ import torch
 
 @dataclass
 class TrainState:
+    """Where training stands and what it has recorded: the loop's own entry in the state registry."""
+
     epoch: int = 0  # completed epochs
-    batch_in_epoch: int = 0  # optimizer steps already done in the current epoch
+    batch_in_epoch: int = 0  # optimizer steps already done in the current epoch: the data position
     step: int = 0  # optimizer steps done in total
     curves: dict[str, list] = field(default_factory=dict)  # per step: train_loss, components; per eval: metrics
     eval_epochs: list[int] = field(default_factory=list)  # the epoch (1-based) of each evaluation
     metrics: dict[str, float] = field(default_factory=dict)  # the latest evaluation
-    bad_steps: list[int] = field(default_factory=list)  # steps whose loss or grad norm was not finite
-    rollbacks: int = 0
     train_seconds: float = 0.0  # wall time spent training, summed over resumes
-    should_stop: bool = False
-    stop_reason: str = ""
+    stop_reason: str = ""  # why training ended or will end; empty while it goes on
     status: str = "running"  # running, completed, preempted, failed
 
-    def stop(self, reason: str) -> None:
-        """Ask the loop to stop after the current step or epoch; the first reason wins."""
-        if not self.should_stop:
-            self.should_stop, self.stop_reason = True, reason
+    @property
+    def stopped(self) -> bool:
+        return bool(self.stop_reason)
+
+    def stop(self, reason: str, status: str) -> None:
+        """Record a Stop decision; the first reason wins."""
+        if not self.stopped:
+            self.stop_reason, self.status = reason, status
+
+    def epoch_train_loss(self, steps_per_epoch: int) -> float:
+        """Mean of the finite per-step losses of the epoch just finished."""
+        losses = [x for x in self.curves.get("train_loss", [])[-steps_per_epoch:] if math.isfinite(x)]
+        return sum(losses) / max(1, len(losses))
 
     def state_dict(self) -> dict:
         """Curves travel as float64 tensors: exact for the values they hold, and cheap to copy."""
@@ -37,9 +46,19 @@ class TrainState:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+        for f in fields(self):
+            setattr(self, f.name, copy.copy(state[f.name]))
         self.curves = {name: values.tolist() for name, values in state["curves"].items()}
+
+
+class RNGState:
+    """Every global generator a step may draw from, as a registry entry."""
+
+    def state_dict(self) -> dict:
+        return capture_rng()
+
+    def load_state_dict(self, state: dict) -> None:
+        restore_rng(state)
 
 
 def capture_rng() -> dict:

@@ -27,29 +27,42 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
-class StepBuffers:
+class StepRecords:
     """Per-step values of one epoch, kept on the device until the loop fetches them.
 
     One row per step, one column per value: a step costs one stack and one copy.
+    ``fetch`` is the only synchronisation of the training path.
     """
 
     def __init__(self, steps: int, device: torch.device):
         self.steps, self.device = steps, device
+        self.start_epoch(0)
+
+    def start_epoch(self, position: int) -> None:
+        """Empty buffers for an epoch that starts (or resumes) at step ``position`` of it."""
         self.names: list[str] = []
         self.rows: torch.Tensor | None = None
+        self.lrs = [0.0] * self.steps  # host floats, read from the optimizer before each step
+        self.written = self.fetched = position
 
-    def write(self, index: int, values: dict[str, torch.Tensor]) -> None:
+    def write(self, values: dict[str, torch.Tensor], lr: float) -> None:
         if self.rows is None:
             self.names = list(values)
             self.rows = torch.zeros(self.steps, len(self.names), device=self.device, dtype=torch.float32)
-        self.rows[index] = torch.stack([v.detach().float() for v in values.values()])
+        self.rows[self.written] = torch.stack([v.detach().float() for v in values.values()])
+        self.lrs[self.written] = lr
+        self.written += 1
 
-    def fetch(self, start: int, stop: int) -> dict[str, list[float]]:
-        """The host copy of steps [start, stop): the only synchronisation of the training path."""
-        if self.rows is None:
-            return {}
+    def fetch(self, last_step: int, epoch: int) -> list[dict[str, float]]:
+        """Records of the steps written since the last fetch; ``last_step`` is the newest one's number."""
+        start, stop = self.fetched, self.written
+        if self.rows is None or stop <= start:
+            return []
         columns = self.rows[start:stop].T.tolist()
-        return dict(zip(self.names, columns))
+        self.fetched = stop
+        first_step = last_step - (stop - start) + 1
+        return [{"step": first_step + i, "epoch": epoch, "lr": self.lrs[start + i],
+                 **{name: column[i] for name, column in zip(self.names, columns)}} for i in range(stop - start)]
 
 
 class Step:

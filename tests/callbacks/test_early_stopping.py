@@ -1,6 +1,7 @@
 from types import SimpleNamespace
 
 from epochal.callbacks.early_stopping import EarlyStopping
+from epochal.decisions import Stop
 from epochal.state import TrainState
 
 
@@ -26,12 +27,12 @@ def test_improvement_resets_the_counter():
     assert stopper.bad_evals == 1 and not stopper.should_stop
 
 
-def test_callback_stops_the_fit_with_a_reason_and_round_trips_state():
-    fit = SimpleNamespace(state=TrainState())
+def test_callback_decides_to_stop_with_a_reason_and_round_trips_state():
+    run = SimpleNamespace(state=TrainState())
     stopper = EarlyStopping("val", patience=1)
-    stopper.on_eval_end(fit, {"val": 1.0})
-    stopper.on_eval_end(fit, {"val": 2.0})
-    assert fit.state.should_stop and "val did not improve" in fit.state.stop_reason
+    assert stopper.on_eval_end(run, {"val": 1.0}) is None
+    decision = stopper.on_eval_end(run, {"val": 2.0})
+    assert isinstance(decision, Stop) and decision.status == "completed" and "val did not improve" in decision.reason
     copy = EarlyStopping("val", patience=1)
     copy.load_state_dict(stopper.state_dict())
     assert (copy.best, copy.bad_evals) == (1.0, 1)

@@ -3,28 +3,37 @@ from types import SimpleNamespace
 import pytest
 
 from epochal.callbacks.gate import Gate
+from epochal.decisions import Save, Stop
 from epochal.errors import ConfigError
 from epochal.state import TrainState
 
 
-def make():
-    return Gate({"edge_compliance": 0.95, "rule_compliance": 0.80}, {}), SimpleNamespace(state=TrainState())
+def make(stop=True):
+    return Gate({"edge_compliance": 0.95, "rule_compliance": 0.80}, {}, stop), SimpleNamespace(state=TrainState())
 
 
 def test_gate_passes_only_when_every_threshold_is_exceeded():
-    gate, fit = make()
-    gate.on_eval_end(fit, {"edge_compliance": 0.99, "rule_compliance": 0.80})  # not strictly above
-    assert not gate.passed and not fit.state.should_stop
-    fit.state.epoch = 4
-    gate.on_eval_end(fit, {"edge_compliance": 0.99, "rule_compliance": 0.81})
-    assert gate.passed and gate.passed_epoch == 5 and fit.state.should_stop
-    assert gate.metadata()["gate_passed"] is True and "failure_reason" not in gate.metadata()
+    gate, run = make()
+    assert gate.on_eval_end(run, {"edge_compliance": 0.99, "rule_compliance": 0.80}) == []  # not strictly above
+    assert not gate.passed
+    run.state.epoch = 5
+    decisions = gate.on_eval_end(run, {"edge_compliance": 0.99, "rule_compliance": 0.81})
+    assert decisions == [Save("gate"), Stop("gate passed at epoch 5")]
+    assert gate.passed and gate.passed_epoch == 5
+    meta = gate.result()["metadata"]
+    assert meta["gate_passed"] is True and "failure_reason" not in meta
+    assert gate.on_eval_end(run, {"edge_compliance": 0.99, "rule_compliance": 0.9}) == []  # passes once
+
+
+def test_a_gate_that_does_not_stop_still_keeps_its_checkpoint():
+    gate, run = make(stop=False)
+    assert gate.on_eval_end(run, {"edge_compliance": 0.99, "rule_compliance": 0.9}) == [Save("gate")]
 
 
 def test_gate_failure_metadata_names_final_values():
-    gate, fit = make()
-    gate.on_eval_end(fit, {"edge_compliance": 0.5, "rule_compliance": 0.2})
-    meta = gate.metadata()
+    gate, run = make()
+    gate.on_eval_end(run, {"edge_compliance": 0.5, "rule_compliance": 0.2})
+    meta = gate.result()["metadata"]
     assert meta["gate_passed"] is False and "gate not passed" in meta["failure_reason"]
     assert meta["final_edge_compliance"] == 0.5 and meta["final_rule_compliance"] == 0.2
 

@@ -46,7 +46,7 @@ def run_case(name: str, out_dir: Path) -> dict:
 
     torch.set_num_threads(1)
     task, overrides = CASES[name]
-    result = epochal.fit(task, overrides={**overrides, "train.progress": False}, out_dir=out_dir,
+    result = epochal.run(task, overrides={**overrides, "train.progress": False}, out_dir=out_dir,
                          experiment_id=name, log=lambda _: None)
     weights = result.run_dir / "checkpoints" / "model.safetensors"
     return {"train_loss": result.result["curves"]["train_loss"],

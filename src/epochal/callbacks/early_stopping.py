@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from epochal.callbacks.base import Callback
+from epochal.decisions import Stop
 from epochal.errors import ConfigError
 
 
@@ -34,12 +35,13 @@ class EarlyStopping(Callback):
     def should_stop(self) -> bool:
         return self.bad_evals >= max(1, self.patience)
 
-    def on_eval_end(self, fit, metrics: dict[str, float]) -> None:
+    def on_eval_end(self, run, metrics: dict[str, float]) -> Stop | None:
         if self.metric not in metrics:
             raise ConfigError(f"early_stop.metric: {self.metric!r} is not an evaluation metric; allowed: {', '.join(metrics)}")
         self(metrics[self.metric])
         if self.should_stop:
-            fit.state.stop(f"early stopping: {self.metric} did not improve for {self.bad_evals} evaluations")
+            return Stop(f"early stopping: {self.metric} did not improve for {self.bad_evals} evaluations")
+        return None
 
     def state_dict(self) -> dict:
         return {"best": self.best, "bad_evals": self.bad_evals}

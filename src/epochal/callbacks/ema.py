@@ -42,8 +42,11 @@ class EMA(Callback):
                 self.shadow[name].copy_(value)
         self.updates += 1
 
-    def on_step_end(self, fit) -> None:
-        self.update(fit.model)
+    def on_step_end(self, run) -> None:
+        self.update(run.model)
+
+    def eval_weights(self, model: nn.Module):
+        return self.swapped(model)
 
     @contextlib.contextmanager
     def swapped(self, model: nn.Module):

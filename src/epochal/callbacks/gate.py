@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from epochal.callbacks.base import Callback
+from epochal.decisions import Save, Stop
 from epochal.errors import ConfigError
 
 
 class Gate(Callback):
     """Thresholds on evaluation metrics: ``above`` must be exceeded, ``below`` undercut, strictly.
 
-    On a pass, training stops and ``passed_now`` tells the checkpointer to keep
-    checkpoint_gate.pt. ``metadata()`` is what result.json records either way.
+    On the first pass it asks for checkpoint_gate.pt and, unless ``stop`` is off, for
+    training to stop. ``result()`` is what result.json records either way.
     """
 
     key = "gate"
 
-    def __init__(self, above: dict[str, float], below: dict[str, float]):
-        self.above, self.below = dict(above), dict(below)
+    def __init__(self, above: dict[str, float], below: dict[str, float], stop: bool = True):
+        self.above, self.below, self.stop = dict(above), dict(below), stop
         self.passed = False
         self.passed_epoch: int | None = None
-        self.passed_now = False
         self.last: dict[str, float] = {}
 
     def check(self, metrics: dict[str, float]) -> bool:
@@ -28,25 +28,23 @@ class Gate(Callback):
             raise ConfigError(f"gate: {missing[0]!r} is not an evaluation metric; allowed: {', '.join(metrics)}")
         return all(metrics[m] > v for m, v in self.above.items()) and all(metrics[m] < v for m, v in self.below.items())
 
-    def on_epoch_start(self, fit) -> None:
-        self.passed_now = False
-
-    def on_eval_end(self, fit, metrics: dict[str, float]) -> None:
+    def on_eval_end(self, run, metrics: dict[str, float]) -> list:
         self.last = {m: metrics[m] for m in [*self.above, *self.below] if m in metrics}
-        if not self.passed and self.check(metrics):
-            self.passed, self.passed_now, self.passed_epoch = True, True, fit.state.epoch + 1
-            fit.state.stop(f"gate passed at epoch {self.passed_epoch}")
+        if self.passed or not self.check(metrics):
+            return []
+        self.passed, self.passed_epoch = True, run.state.epoch
+        return [Save("gate"), Stop(f"gate passed at epoch {self.passed_epoch}")] if self.stop else [Save("gate")]
 
     def describe(self) -> str:
         parts = [f"{m} > {v}" for m, v in self.above.items()] + [f"{m} < {v}" for m, v in self.below.items()]
         return " and ".join(parts)
 
-    def metadata(self) -> dict:
+    def result(self) -> dict:
         meta = {"gate_passed": self.passed, "gate": self.describe(), "gate_epoch": self.passed_epoch}
         if not self.passed:
             meta["failure_reason"] = f"gate not passed ({self.describe()}) by the end of training"
         meta.update({f"final_{m}": v for m, v in self.last.items()})
-        return meta
+        return {"metadata": meta}
 
     def state_dict(self) -> dict:
         return {"passed": self.passed, "passed_epoch": self.passed_epoch, "last": self.last}

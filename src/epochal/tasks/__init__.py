@@ -15,6 +15,7 @@ Writing a task::
         summary = "one line for `epochal tasks`"
         Config = MyConfig
         defaults = {"train": {"max_epochs": 10}}   # core settings this task prefers
+        metrics = ("eval_mse",)    # what evaluate() returns: configs naming others are refused up front
 
         def build(self, cfg, run): ...     # -> Built
         def loss(self, model, batch): ...  # -> {"loss": total, **components}
@@ -83,6 +84,10 @@ class Task:
     # Nested overrides of the core config this task prefers, applied before the
     # user's file and flags, e.g. {"train": {"batch_size": 64}, "gate": {...}}.
     defaults: ClassVar[dict] = {}
+    # Names of the metrics evaluate() returns. Settings that name a metric (early_stop.metric,
+    # checkpoint.best_metric, gate thresholds) are checked against them before a run folder
+    # exists; empty: checked at the first evaluation instead.
+    metrics: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, config: "RunConfig") -> None:
         """Raise ConfigError for a combination of settings this task cannot run."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from epochal.checkpoint import CheckpointStore
-from epochal.config import resolve
+from epochal.resolve import resolve
 from epochal.errors import ConfigError
 from epochal.tasks import RunContext, get_task
 from epochal.tasks.flow.data import STATS_FILE, NormStats
@@ -118,7 +118,7 @@ def test_bad_data_file_fails_at_build(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_run_improves_the_sample_distance(tmp_path):
-    from epochal import fit
+    from epochal import run as fit
 
     overrides = {
         "train.max_epochs": 15, "train.batch_size": 128, "train.progress": False, "optim.lr": 1e-2,
@@ -137,7 +137,7 @@ def test_tiny_run_improves_the_sample_distance(tmp_path):
 
 @pytest.mark.slow
 def test_resume_with_ema_equals_the_uninterrupted_run(tmp_path):
-    from epochal import fit
+    from epochal import run as fit
     from tests.test_resume import SignalAtStep
 
     overrides = {
@@ -153,7 +153,7 @@ def test_resume_with_ema_equals_the_uninterrupted_run(tmp_path):
     resumed = fit("flow", config_layer(), overrides=overrides, out_dir=tmp_path, experiment_id="stopped", log=quiet,
                   resume="must")
     assert resumed.result["curves"] == straight.result["curves"]
-    a, b = (CheckpointStore(r.run_dir / "checkpoints", 3).load("last.pt") for r in (straight, resumed))
+    a, b = (CheckpointStore(r.run_dir / "checkpoints", 3).load_states("last.pt") for r in (straight, resumed))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert all(torch.equal(a["callbacks"]["ema"]["shadow"][k], b["callbacks"]["ema"]["shadow"][k])
-               for k in a["callbacks"]["ema"]["shadow"])
+    assert all(torch.equal(a["ema"]["shadow"][k], b["ema"]["shadow"][k])
+               for k in a["ema"]["shadow"])

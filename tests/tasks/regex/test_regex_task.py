@@ -5,9 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file as load_safetensors
 
-from epochal import fit
-from epochal.checkpoint import load_file
-from epochal.config import load_toml, resolve
+from epochal import run as fit
+from epochal.checkpoint import load_file, payload_states
+from epochal.config import load_toml
+from epochal.resolve import resolve
 from epochal.errors import ConfigError
 from epochal.tasks import RunContext, get_task
 from epochal.tasks.regex.task import RegexConfig, RegexTask
@@ -117,7 +118,7 @@ def test_best_differs_from_last_when_the_metric_falls(tmp_path):
                  experiment_id="falling", log=quiet)
     assert result.result["best"]["epoch"] == 2
     folder = result.run_dir / "checkpoints"
-    best, last = load_file(folder / "best.pt"), load_file(folder / "last.pt")
+    best, last = (payload_states(load_file(folder / name)) for name in ("best.pt", "last.pt"))
     assert best["state"]["epoch"] == 2 and last["state"]["epoch"] == 3
     assert any(not torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
     tested = result.result["test"]

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from epochal import fit
+from epochal import run as fit
 from epochal.callbacks.base import Callback
 from epochal.checkpoint import CheckpointStore
-from epochal.config import load_toml, resolve
+from epochal.config import load_toml
+from epochal.resolve import resolve
 from epochal.errors import ConfigError
 from epochal.tasks import RunContext, get_task
 from epochal.tasks.walks.corpus import load_corpus, load_graph
@@ -164,8 +165,8 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
                   resume="must")
     assert resumed.status == "completed"
     assert resumed.result["curves"] == straight.result["curves"]
-    a = CheckpointStore(straight.run_dir / "checkpoints", 3).load("last.pt")["model"]
-    b = CheckpointStore(resumed.run_dir / "checkpoints", 3).load("last.pt")["model"]
+    a = CheckpointStore(straight.run_dir / "checkpoints", 3).load_states("last.pt")["model"]
+    b = CheckpointStore(resumed.run_dir / "checkpoints", 3).load_states("last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

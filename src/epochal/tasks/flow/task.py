@@ -153,14 +153,14 @@ def sample_distance(model: nn.Module, ctx: FlowEval, noise: torch.Tensor) -> flo
 class SamplePlot(Callback):
     """At the end of training, a PNG of samples from the final (EMA) weights against test data."""
 
-    def on_fit_end(self, fit) -> None:
-        ctx: FlowEval = fit.built.eval_context
-        with fit.evaluation() as model:  # eval mode, no grad, EMA weights, training RNG untouched
+    def on_fit_end(self, run) -> None:
+        ctx: FlowEval = run.eval_context
+        with run.evaluating() as model:  # eval mode, no grad, EMA weights, training RNG untouched
             samples = sample(model, ctx.sample_noise[0], ctx.ode_steps, ctx.ode_method)
         plot_samples(
             ctx.stats.denormalize(samples.float().cpu().numpy()),
             ctx.stats.denormalize(ctx.reference.cpu().numpy()),
-            Path(fit.run.dir) / PLOT_FILE,
+            Path(run.dir) / PLOT_FILE,
             ctx.title,
         )
 
@@ -169,6 +169,7 @@ class FlowTask(Task):
     name = "flow"
     summary = "conditional flow matching on 2-D/8-D vectors; sample quality by sliced Wasserstein vs a floor"
     Config = FlowConfig
+    metrics = ("val_fm_loss", "sample_swd", "swd_floor", "swd_ratio")
     # Seed 004's locked settings. The CPU recipes in configs/flow-*.toml shorten
     # warmup and EMA decay to fit runs of a few thousand steps.
     defaults = {

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import torch
 from safetensors.torch import save_file
 
 from epochal.callbacks.base import Callback
-
-if TYPE_CHECKING:
-    from epochal.loop import Fit
 
 
 class CaptureInternals(Callback):
@@ -27,20 +21,17 @@ class CaptureInternals(Callback):
     def __init__(self, n_examples: int):
         self.n_examples = n_examples
 
-    def on_eval_end(self, fit: "Fit", metrics: dict[str, float]) -> None:
-        model, tensors = fit.model, fit.built.eval_context.splits["val"]
+    def on_eval_end(self, run, metrics: dict[str, float]) -> None:
+        tensors = run.eval_context.splits["val"]
         tokens = tensors["tokens"][: self.n_examples]
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with run.evaluating() as model:  # the weights evaluation used (EMA, if on), restored afterwards
             outputs = model(tokens, return_internals=True)
-        model.train(was_training)
         captured = {"tokens": tokens, "lengths": tensors["lengths"][: self.n_examples]}
         captured.update({name: outputs[name] for name in ("attention", "hidden", "next", "class", "state")})
-        folder = fit.run.dir / "captures"
+        folder = run.dir / "captures"
         folder.mkdir(parents=True, exist_ok=True)
         save_file(
             {name: value.detach().float().cpu().contiguous() if value.is_floating_point() else value.cpu().contiguous()
              for name, value in captured.items()},
-            str(folder / f"epoch_{fit.state.epoch + 1:04d}.safetensors"),  # the epoch just finished, 1-based
+            str(folder / f"epoch_{run.state.epoch:04d}.safetensors"),  # the epoch just finished, 1-based
         )

@@ -108,6 +108,7 @@ class RegexTask(Task):
     name = "regex"
     summary = "transformer on a regular language: next token, prefix membership and DFA state (seed 003)"
     Config = RegexConfig
+    metrics = ("val_token_acc", "val_nll", "val_class_acc", "val_state_acc", "val_string_acc")
     defaults = {
         "train": {"max_epochs": 30, "batch_size": 64},
         "optim": {"lr": 3e-3, "weight_decay": 0.01},

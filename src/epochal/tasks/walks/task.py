@@ -85,6 +85,7 @@ class WalksTask(Task):
     name = "walks"
     summary = "transformer on SBM random walks with jumper rules; gate on edge and rule compliance"
     Config = WalksConfig
+    metrics = ("edge_compliance", "rule_compliance")
     defaults = {
         "train": {"batch_size": 64, "max_epochs": 50, "eval_every": 1, "grad_clip": 1.0},
         "optim": {"lr": 3e-4, "weight_decay": 0.01},

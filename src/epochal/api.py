@@ -1,0 +1,163 @@
+"""``epochal.run(task, config)``: resolve, claim the run folder, build, resume, train, report.
+
+Everything here happens around the loop (loop.py); nothing here changes the numbers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from epochal import provenance
+from epochal.callbacks.base import Callback
+from epochal.config import RunConfig, flat
+from epochal.errors import CheckpointError, ConfigError, EpochalError
+from epochal.loop import fit
+from epochal.records import RunFolder
+from epochal.resolve import resolve_config
+from epochal.run import Run
+from epochal.signals import PREEMPTED_EXIT_CODE, PreemptionSignals
+from epochal.state import seed_everything
+from epochal.tasks import RunContext, Task
+
+# Settings that may differ on resume without changing the numbers.
+RESUME_FREE_KEYS = {"out_dir", "experiment_id", "train.progress"}
+
+
+@dataclass
+class Result:
+    run_dir: Path
+    status: str  # completed, preempted, failed
+    stop_reason: str
+    metrics: dict[str, float]  # last evaluation
+    result: dict  # the whole result.json
+
+    @property
+    def exit_code(self) -> int:
+        return {"completed": 0, "preempted": PREEMPTED_EXIT_CODE}.get(self.status, 1)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} asked for, but CUDA is not available; allowed here: auto, cpu")
+    return device
+
+
+def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *,
+        overrides: dict[str, Any] | None = None, out_dir: str | Path | None = None,
+        experiment_id: str | None = None, callbacks: list[Callback] = (), resume: str = "never",
+        overwrite: bool = False, force: bool = False, log: Callable[[str], None] = tqdm.write) -> Result:
+    """Train ``task`` with ``config`` and return the run folder and final metrics.
+
+    ``resume``: "never" (a run folder that exists is an error unless ``overwrite``),
+    "auto" (continue the run folder if it has a checkpoint, else start), "must"
+    (continue; error if there is nothing to continue). ``force`` accepts a config
+    that differs from the checkpoint's.
+    """
+    task_obj, config = resolve_config(task, config, overrides)
+    if out_dir is not None:
+        config.out_dir = str(out_dir)
+    if experiment_id:
+        config.experiment_id = experiment_id
+    if not config.experiment_id:
+        config.experiment_id = f"{config.task_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    folder = RunFolder(config.run_dir)
+    existing = (folder.path / "checkpoints" / "manifest.json").exists()
+    if resume == "must" and not existing:
+        raise EpochalError(f"{folder.path}: no checkpoint to resume from")
+    if folder.path.exists() and any(folder.path.iterdir()) and resume == "never" and not overwrite:
+        raise EpochalError(f"{folder.path}: run folder exists; use --resume auto to continue it or --overwrite to replace it")
+    with PreemptionSignals() as signals:
+        if signals.received is not None:
+            raise EpochalError(f"interrupted by {signals.name} before the run folder was made; nothing was written")
+        created = _first_missing(folder.path)
+        try:
+            folder.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise EpochalError(f"{folder.path}: cannot create the run folder ({err.strerror})") from None
+        folder.acquire()
+        try:
+            if (resume == "never" and overwrite) or (resume != "never" and not existing):
+                _clear(folder)
+            if hasattr(task_obj, "own_loop"):
+                result = task_obj.own_loop(config, folder, log)
+                folder.write_json("result.json", result)
+                return _finished(folder, result, log)
+            run_ = _prepare(task_obj, config, folder, list(callbacks), signals, created, log)
+            resuming = resume != "never" and existing and _resume(run_, force, log)
+            if not resuming:
+                folder.write_text("config.toml", config.to_toml())
+                folder.write_json("env.json", provenance.collect(run_.device, config.train.seed))
+            if run_.state.status in ("completed", "failed"):
+                log(f"{folder.path}: already {run_.state.status} ({run_.state.stop_reason}); nothing to do")
+                return _finished(folder, folder.read_result() or run_.result(), log)
+            if run_.state.status == "preempted":
+                run_.state.status, run_.state.stop_reason = "running", ""
+            return _finished(folder, fit(run_), log)
+        finally:
+            folder.release()
+
+
+def _finished(folder: RunFolder, result: dict, log: Callable[[str], None]) -> Result:
+    log(f"{result['status']}: {result['metadata']['stop_reason']}")
+    log(f"run folder: {folder.path}")
+    return Result(folder.path, result["status"], result["metadata"]["stop_reason"], result["metrics"], result)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet: what a failed start should remove."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _clear(folder: RunFolder) -> None:
+    for child in folder.path.iterdir():
+        if child.name != ".lock":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[Callback],
+             signals: PreemptionSignals, created: Path | None, log: Callable[[str], None]) -> Run:
+    """Seed, build the task and the run; a config error removes a folder made for it."""
+    try:
+        device = pick_device(config.train.device)
+        log(provenance.banner(device))
+        seed_everything(config.train.seed, config.train.deterministic)
+        context = RunContext(folder.path, device, config.train.seed, config)
+        built = task.build(config.task, context)
+        return Run(task, config, folder, built, context, callbacks, signals, log)
+    except ConfigError:
+        if created is not None:
+            folder.release()
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _resume(run: Run, force: bool, log: Callable[[str], None]) -> bool:
+    newest = run.store.newest_valid(warn=lambda msg: log(f"warning: {msg}"))
+    if newest is None:
+        raise CheckpointError(f"{run.store.folder}: no valid checkpoint to resume from")
+    entry, payload = newest
+    saved, now = flat(payload["config"]), flat(run.config.to_dict())
+    # A setting the checkpoint does not know was added by a later version: it is taken as it is now.
+    differing = sorted(k for k in saved if saved[k] != now.get(k) and k not in RESUME_FREE_KEYS)
+    if differing and not force:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differing[:8])
+        raise ConfigError(f"config differs from the checkpoint's ({shown}); use --force to resume anyway")
+    run.restore(payload)
+    run.folder.truncate_history(run.state.step, run.state.epoch)
+    log(f"resuming from {entry['file']} (epoch {run.state.epoch}, step {run.state.step})")
+    return True

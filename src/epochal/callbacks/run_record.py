@@ -1,0 +1,25 @@
+"""history.jsonl and result.json, written from the loop's events.
+
+history.jsonl gets every per-step record at each log interval and one line per
+epoch; result.json is replaced (atomically) at each epoch end and at the end.
+"""
+
+from __future__ import annotations
+
+from epochal.callbacks.base import Callback
+
+
+class RunRecord(Callback):
+    def on_log(self, run, step: int, records: list[dict[str, float]]) -> None:
+        run.folder.append_history(records)
+
+    def on_epoch_end(self, run) -> None:
+        state = run.state
+        evaluated = bool(state.eval_epochs) and state.eval_epochs[-1] == state.epoch
+        summary = {"epoch_end": True, "epoch": state.epoch, "step": state.step,
+                   "train_loss": state.epoch_train_loss(run.steps_per_epoch), "seconds": round(state.train_seconds, 3)}
+        run.folder.append_history([{**summary, **(state.metrics if evaluated else {})}])
+        run.folder.write_json("result.json", run.result())
+
+    def on_fit_end(self, run) -> None:
+        run.folder.write_json("result.json", run.result())

@@ -1,0 +1,256 @@
+"""A run while it trains: the model, optimizer, data, state registry and callbacks, and the
+operations the loop (``loop.py``) calls on them. This is what callbacks receive as ``run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import warnings
+from typing import Any, Callable
+
+import torch
+
+from epochal.callbacks.base import Callback
+from epochal.callbacks.best import BestMetric
+from epochal.callbacks.checkpointing import Checkpointing
+from epochal.callbacks.console import Console
+from epochal.callbacks.early_stopping import EarlyStopping
+from epochal.callbacks.ema import EMA
+from epochal.callbacks.gate import Gate
+from epochal.callbacks.nan_policy import NanPolicy
+from epochal.callbacks.preemption import Preemption
+from epochal.callbacks.run_record import RunRecord
+from epochal.checkpoint import BackgroundWriter, CheckpointStore, payload_states, save_weights, serialize, to_cpu
+from epochal.config import RunConfig
+from epochal.data import make_batches
+from epochal.decisions import Decision, RollBack, Save, as_decisions
+from epochal.errors import ConfigError
+from epochal.optim import build_adamw, make_schedule, resolve_warmup_steps
+from epochal.records import RunFolder
+from epochal.registry import StateRegistry
+from epochal.signals import PreemptionSignals
+from epochal.state import RNGState, TrainState, capture_rng, restore_rng
+from epochal.step import Step, StepRecords, autocast
+from epochal.tasks import Built, RunContext, Task
+
+CHECKPOINT_FORMAT = 2
+LINKS = {"best": "best.pt", "gate": "checkpoint_gate.pt"}  # Save kinds that keep a named link to the file
+
+
+class Run:
+    def __init__(self, task: Task, config: RunConfig, folder: RunFolder, built: Built, context: RunContext,
+                 callbacks: list[Callback], signals: PreemptionSignals, log: Callable[[str], None]):
+        train, device = config.train, context.device
+        self.task, self.config, self.folder, self.context, self.printer = task, config, folder, context, log
+        self.dir, self.device, self.eval_context = folder.path, device, built.eval_context
+        self.model = built.model.to(device)
+        forward_model = torch.compile(self.model) if train.compile else self.model
+        self.batches = make_batches(built.train_data, device, train.batch_size, train.seed, train.drop_last)
+        self.steps_per_epoch = len(self.batches)
+        self.total_steps = train.max_epochs * self.steps_per_epoch
+        warmup = resolve_warmup_steps(self.total_steps, config.schedule.warmup_fraction, config.schedule.warmup_steps)
+        if warmup >= self.total_steps:
+            raise ConfigError(f"schedule.warmup_steps: {warmup} warmup steps, but training has only {self.total_steps} "
+                              f"({train.max_epochs} epochs x {self.steps_per_epoch}); allowed: fewer")
+        o = config.optim
+        self.optimizer = build_adamw(self.model, o.lr, o.weight_decay, o.betas, o.eps, o.decay_all)
+        schedule = make_schedule(config.schedule.kind, warmup, self.total_steps, config.schedule.min_lr_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.step = Step(forward_model, task.loss, self.optimizer, self.scheduler, device, train.precision,
+                         train.grad_clip, train.grad_accum, train.guard_nonfinite)
+        self.records = StepRecords(self.steps_per_epoch, device)
+        self.state = TrainState()
+        self.store = CheckpointStore(folder.path / "checkpoints", config.checkpoint.keep_last)
+        self.writer = BackgroundWriter(config.checkpoint.async_write)
+        self.config_dict, self.config_hash = config.to_dict(), config.hash()
+        self.last_saved_step = -1
+        self.tested: dict | None = None  # test metrics of the last and best weights, once training completed
+        self.callbacks = [*policies(config, self.model), *task.callbacks(config.task, context), *callbacks,
+                          Checkpointing(config.checkpoint, train.max_epochs), Preemption(signals),
+                          RunRecord(), Console(log, train.progress, train.max_epochs)]
+        self.registry = self._register()
+
+    def _register(self) -> StateRegistry:
+        registry = StateRegistry()
+        registry.register("model", self.model, weights=True)
+        registry.register("optimizer", self.optimizer)
+        registry.register("scheduler", self.scheduler)
+        if self.step.scaler is not None:
+            registry.register("scaler", self.step.scaler)
+        registry.register("state", self.state)
+        registry.register("rng", RNGState())
+        for callback in self.callbacks:
+            if callback.key:
+                registry.register(callback.key, callback, weights=provides_weights(callback))
+        return registry
+
+    # ---------------------------------------------------------------- events
+    def emit(self, event: str, *args) -> list[Decision]:
+        decisions: list[Decision] = []
+        for callback in self.callbacks:
+            returned = getattr(callback, event)(self, *args)
+            decisions += as_decisions(returned, f"{type(callback).__name__}.{event}")
+        return decisions
+
+    # ------------------------------------------------------------- training
+    def train_step(self, batch) -> None:
+        """One optimizer step; its values stay on the device until ``log``."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.records.write(self.step(batch), lr)
+        self.state.batch_in_epoch += 1
+        self.state.step += 1
+
+    def log(self) -> list[Decision]:
+        """Fetch the values of the steps since the last call (the one host sync) and hand them to on_log."""
+        records = self.records.fetch(self.state.step, self.state.epoch + 1)
+        if not records:
+            return []
+        for name in records[0]:
+            if name not in ("step", "epoch", "lr", "grad_norm"):
+                self.state.curves.setdefault("train_loss" if name == "loss" else name, []).extend(r[name] for r in records)
+        return self.emit("on_log", self.state.step, records)
+
+    # ------------------------------------------------------------ evaluation
+    @contextlib.contextmanager
+    def evaluating(self, states: dict[str, Any] | None = None):
+        """Evaluate inside this block: eval mode, no grad, the evaluation weights (EMA) swapped in,
+        random numbers from a fixed seed; ``states`` (a checkpoint's) replace the weights for the block.
+        Everything, the weights and the training RNG included, is restored on the way out."""
+        rng = capture_rng()
+        torch.manual_seed(self.config.train.seed)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with contextlib.ExitStack() as stack:
+                if states is not None:
+                    stack.enter_context(self.registry.weights_from(states))
+                for callback in self.callbacks:
+                    swap = callback.eval_weights(self.model)
+                    if swap is not None:
+                        stack.enter_context(swap)
+                stack.enter_context(torch.no_grad())
+                stack.enter_context(autocast(self.device, self.config.train.precision))
+                yield self.model
+        finally:
+            self.model.train(was_training)
+            restore_rng(rng)
+
+    def evaluate(self) -> dict[str, float]:
+        with self.evaluating() as model:
+            metrics = {name: float(value) for name, value in self.task.evaluate(model, self.eval_context).items()}
+        self.state.metrics = metrics
+        for name, value in metrics.items():
+            self.state.curves.setdefault(name, []).append(value)
+        self.state.eval_epochs.append(self.state.epoch)
+        return metrics
+
+    def test(self) -> dict | None:
+        """The task's test metrics on the last weights and, if kept, on best.pt's (seed 003, 5.7)."""
+        with self.evaluating() as model:
+            last = self.task.test(model, self.eval_context)
+        if last is None:
+            return None
+        tested = {"last": last}
+        if any(entry["file"] == LINKS["best"] for entry in self.store.manifest()):
+            with self.evaluating(payload_states(self.store.load(LINKS["best"]))) as model:
+                tested["best"] = self.task.test(model, self.eval_context)
+        return tested
+
+    # ----------------------------------------------------------- checkpoints
+    def save(self, saves: list[Save]) -> None:
+        """One checkpoint for the saves decided together: copied off the device now, written in the background."""
+        kinds = {save.kind for save in saves}
+        state = self.state
+        if "preempt" not in kinds and state.batch_in_epoch == 0:
+            name, kind = f"checkpoint_epoch_{state.epoch:04d}.pt", "epoch"
+        else:
+            name, kind = f"checkpoint_step_{state.step:08d}.pt", "preempt" if "preempt" in kinds else "step"
+        links = ["last.pt", *(LINKS[k] for k in LINKS if k in kinds)]
+        payload = to_cpu({"format": CHECKPOINT_FORMAT, "state": self.registry.state_dict(),
+                          "config": self.config_dict, "config_hash": self.config_hash})
+        info = {"kind": kind, "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+                "saved": datetime.datetime.now().isoformat(timespec="seconds")}
+        store = self.store
+
+        def write() -> None:
+            store.write(name, serialize(payload), info)
+            for link in links:
+                store.link(name, link)
+
+        self.writer.submit(write)
+        self.last_saved_step = state.step
+        if any(save.wait for save in saves):
+            self.writer.wait()
+
+    def restore(self, payload: dict, keep: tuple[str, ...] = ()) -> None:
+        self.registry.load_state_dict(payload_states(payload), keep=keep)
+        self.last_saved_step = self.state.step
+
+    def roll_back(self, decision: RollBack) -> None:
+        """Reload the newest valid checkpoint (the policy keeps its own count) and scale the learning rate."""
+        self.writer.wait()
+        newest = self.store.newest_valid(warn=warnings.warn)
+        if newest is None:
+            self.state.stop(f"{decision.reason}; no checkpoint to roll back to", "failed")
+            return
+        self.restore(newest[1], keep=("nan_policy",))
+        for i, group in enumerate(self.optimizer.param_groups):
+            ratio = decision.lr_factor * group["initial_lr"] / self.scheduler.base_lrs[i]
+            self.scheduler.base_lrs[i] *= ratio
+            group["lr"] *= ratio
+        self.folder.truncate_history(self.state.step, self.state.epoch)
+        warnings.warn(f"{decision.reason}: rolled back to step {self.state.step}, "
+                      f"learning rate x{decision.lr_factor:g} of the configured one", stacklevel=2)
+
+    # ---------------------------------------------------------------- result
+    def export_weights(self) -> None:
+        """model.safetensors, and model_<key>.safetensors for each callback's evaluation weights (EMA)."""
+        folder = self.store.folder
+        save_weights(folder / "model.safetensors", self.model)
+        for callback in self.callbacks:
+            if provides_weights(callback):
+                with callback.eval_weights(self.model):
+                    save_weights(folder / f"model_{callback.key}.safetensors", self.model)
+
+    def result(self) -> dict:
+        state = self.state
+        result: dict[str, Any] = {
+            "experiment_id": self.config.experiment_id, "task": self.config.task_name, "status": state.status,
+            "epochs": state.epoch, "steps": state.step, "metrics": state.metrics, "best": None,
+            "eval_epochs": state.eval_epochs, "curves": state.curves,
+            "metadata": {"stop_reason": state.stop_reason, "config_hash": self.config_hash,
+                         "train_seconds": round(state.train_seconds, 3)},
+            "checkpoints": sorted(entry["file"] for entry in self.store.manifest()),
+        }
+        for callback in self.callbacks:
+            extra = callback.result()
+            result["metadata"].update(extra.get("metadata", {}))
+            result.update({key: value for key, value in extra.items() if key != "metadata"})
+        if self.tested is not None:
+            result["test"] = self.tested
+        return result
+
+
+def provides_weights(callback: Callback) -> bool:
+    """A callback with its own evaluation weights (EMA): best.pt's copy of them is tested with the model."""
+    return type(callback).eval_weights is not Callback.eval_weights
+
+
+def policies(config: RunConfig, model: torch.nn.Module) -> list[Callback]:
+    """The built-in policy callbacks a config asks for, in the order they hear each event."""
+    found: list[Callback] = []
+    if config.ema.enabled:
+        found.append(EMA(model, config.ema.decay, config.ema.warmup))
+    es = config.early_stop
+    if es.enabled:
+        found.append(EarlyStopping(es.metric, es.mode, es.patience, es.min_delta))
+    if config.gate.above or config.gate.below:
+        found.append(Gate(config.gate.above, config.gate.below, config.gate.stop))
+    if config.checkpoint.best_metric:
+        found.append(BestMetric(config.checkpoint.best_metric, config.checkpoint.best_mode))
+    train = config.train
+    # Under fp16 an infinite gradient norm is the scaler's business; a non-finite loss never is.
+    checked = ("loss",) if train.precision == "fp16" else ("loss", "grad_norm")
+    found.append(NanPolicy(train.nan_policy, train.max_rollbacks, train.rollback_lr_scale, checked))
+    return found
