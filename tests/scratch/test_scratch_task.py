@@ -108,6 +108,7 @@ def test_config_toml_records_only_what_was_applied_and_reruns_the_same(baseline,
         "schedule.kind", "schedule.warmup_fraction", "schedule.min_lr_ratio"}
     assert _losses(run) == _losses(baseline)  # the always-honoured settings change nothing
     again = resolve(None, [load_toml(tmp_path / "s" / "config.toml")])
+    assert again.hash() == run["result"]["metadata"]["config_hash"]  # the same resolved config as the run's
     assert run_settings(again) == run_settings(resolve("scratch-mlp", [{"task": {"n_samples": 300},
                                                                         "train": {"max_epochs": 2}}]))
 

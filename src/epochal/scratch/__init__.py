@@ -14,7 +14,7 @@ from epochal.scratch.data import iterate_batches, make_blobs, make_dataset, make
 from epochal.scratch.errors import ScratchConfigError, ScratchValueError
 from epochal.scratch.finite_diff import finite_difference_gradients
 from epochal.scratch.mlp import MLP, softmax_cross_entropy
-from epochal.scratch.run import ScratchMLPConfig, evaluate, train_mlp
+from epochal.scratch.run import ScratchMLPConfig, ScratchTaskConfig, evaluate, train_mlp
 from epochal.scratch.schedule import LRScheduler
 from epochal.scratch.trainer import Trainer, clip_grad_norm
 
@@ -24,6 +24,7 @@ __all__ = [
     "MLP",
     "ScratchConfigError",
     "ScratchMLPConfig",
+    "ScratchTaskConfig",
     "ScratchValueError",
     "Trainer",
     "check_gradients",

@@ -17,19 +17,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tomli_w
 import torch
 
 from epochal import provenance
+from epochal.config import RunConfig, resolve
 from epochal.errors import ConfigError
 from epochal.records import RunFolder
 from epochal.scratch.run import ScratchMLPConfig, ScratchTaskConfig, train_mlp
 from epochal.tasks import Task
-
-if TYPE_CHECKING:
-    from epochal.config import RunConfig
 
 # ScratchMLPConfig field -> the core setting a run takes it from.
 APPLIED = {
@@ -89,7 +87,7 @@ def _to_core(field: str, value: Any, cfg: ScratchMLPConfig) -> Any:
     return value
 
 
-def _from_core(field: str, value: Any, config: "RunConfig") -> Any:
+def _from_core(field: str, value: Any, config: RunConfig) -> Any:
     if field == "max_grad_norm":
         return value or None
     if field == "min_lr":
@@ -112,12 +110,12 @@ def _defaults() -> dict:
     return nested
 
 
-def _get(config: "RunConfig", key: str) -> Any:
+def _get(config: RunConfig, key: str) -> Any:
     section, name = key.split(".")
     return getattr(getattr(config, section), name)
 
 
-def run_settings(config: "RunConfig") -> ScratchMLPConfig:
+def run_settings(config: RunConfig) -> ScratchMLPConfig:
     """The ``train_mlp`` settings of a resolved run config: [task] plus the applied core settings."""
     applied = {field: _from_core(field, _get(config, key), config) for field, key in APPLIED.items()}
     return ScratchMLPConfig(**dataclasses.asdict(config.task), **applied)
@@ -127,7 +125,7 @@ def _show(value: Any) -> str:
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
-def _refuse_unapplicable(config: "RunConfig", defaults: dict) -> None:
+def _refuse_unapplicable(config: RunConfig, defaults: dict) -> None:
     recorded = set(APPLIED.values()) | set(FIXED) | set(ALWAYS_HONOURED)
     for section in _SECTIONS:
         settings = getattr(config, section)
@@ -147,7 +145,7 @@ def _refuse_unapplicable(config: "RunConfig", defaults: dict) -> None:
                               f"allowed: {allowed}")
 
 
-def applied_settings(config: "RunConfig") -> dict:
+def applied_settings(config: RunConfig) -> dict:
     """What ``config.toml`` records: the top-level keys, [task], and the applied core settings."""
     data = config.to_dict()
     recorded = {k: data[k] for k in ("experiment_id", "group", "out_dir")}
@@ -166,13 +164,16 @@ class ScratchMLPTask(Task):
     Config = ScratchTaskConfig
     defaults = _defaults()
 
-    def validate(self, config: "RunConfig") -> None:
+    def validate(self, config: RunConfig) -> None:
         _refuse_unapplicable(config, self.defaults)
         run_settings(config).validate(keys=APPLIED)
 
-    def own_loop(self, config: "RunConfig", folder: RunFolder, log) -> dict:
+    def own_loop(self, config: RunConfig, folder: RunFolder, log) -> dict:
         cfg = run_settings(config)
-        folder.path.joinpath("config.toml").write_text(tomli_w.dumps(applied_settings(config)))
+        applied = applied_settings(config)
+        folder.path.joinpath("config.toml").write_text(tomli_w.dumps(applied))
+        # The hash of what config.toml resolves to: settings that ran alike (progress, ...) do not change it.
+        config_hash = resolve(None, [applied]).hash()
         folder.write_json("env.json", provenance.collect(torch.device("cpu"), cfg.seed))
         curves: dict[str, list[float]] = {"train_loss": []}
         eval_epochs: list[int] = []
@@ -196,6 +197,6 @@ class ScratchMLPTask(Task):
             "experiment_id": config.experiment_id, "task": self.name, "status": "completed",
             "epochs": cfg.epochs, "steps": final["steps"], "metrics": final, "best": None,
             "eval_epochs": eval_epochs, "curves": curves, "checkpoints": [],
-            "metadata": {"stop_reason": "max_epochs reached", "config_hash": config.hash(),
+            "metadata": {"stop_reason": "max_epochs reached", "config_hash": config_hash,
                          "train_seconds": round(time.perf_counter() - started, 3)},
         }
