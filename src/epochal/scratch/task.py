@@ -125,24 +125,26 @@ def _show(value: Any) -> str:
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
+def _default(field: dataclasses.Field, section: str, defaults: dict) -> Any:
+    """The value a setting has when nobody sets it: this task's default, else the core's."""
+    core = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+    return defaults.get(section, {}).get(field.name, core)
+
+
 def _refuse_unapplicable(config: RunConfig, defaults: dict) -> None:
-    recorded = set(APPLIED.values()) | set(FIXED) | set(ALWAYS_HONOURED)
+    """ConfigError for the first core setting that would be ignored: not applied and not its default."""
+    any_value = set(APPLIED.values()) | set(ALWAYS_HONOURED)
     for section in _SECTIONS:
         settings = getattr(config, section)
-        for f in dataclasses.fields(settings):
-            key = f"{section}.{f.name}"
-            if key in recorded - set(FIXED):
-                continue
-            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-            expected = defaults.get(section, {}).get(f.name, default)
-            value = getattr(settings, f.name)
-            accepted = ALSO_ACCEPTED.get(key, ())
-            if value == expected or value in accepted:
+        for field in dataclasses.fields(settings):
+            key = f"{section}.{field.name}"
+            expected, value = _default(field, section, defaults), getattr(settings, field.name)
+            accepted = [expected, *(v for v in ALSO_ACCEPTED.get(key, ()) if v != expected)]
+            if key in any_value or value in accepted:
                 continue
             why = WHY_NOT.get(key) or WHY_NOT.get(section) or "the NumPy trainer has no use for it"
-            allowed = ", ".join(_show(v) for v in (expected, *(a for a in accepted if a != expected)))
             raise ConfigError(f"{key}: {_show(value)} cannot be applied by scratch-mlp ({why}); "
-                              f"allowed: {allowed}")
+                              f"allowed: {', '.join(_show(v) for v in accepted)}")
 
 
 def applied_settings(config: RunConfig) -> dict:
