@@ -77,7 +77,11 @@ def test_every_config_field_has_a_comment():
 
     import epochal.scratch.run as run
 
-    source = inspect.getsource(run.ScratchMLPConfig)
-    for field in dataclasses.fields(ScratchMLPConfig):
-        line = next(l for l in source.splitlines() if l.strip().startswith(f"{field.name}:"))
-        assert "  # " in line, field.name
+    checked = set()
+    for cls in (run.ScratchTaskConfig, run.ScratchMLPConfig):
+        source = inspect.getsource(cls)
+        for name in inspect.get_annotations(cls):  # the class's own fields; inherited ones in their class
+            line = next(l for l in source.splitlines() if l.strip().startswith(f"{name}:"))
+            assert "  # " in line, name
+            checked.add(name)
+    assert checked == {f.name for f in dataclasses.fields(ScratchMLPConfig)}

@@ -1,12 +1,17 @@
 """The training step and epoch of the NumPy reference trainer.
 
-The model protocol (anything with these three methods trains)::
+The model protocol (anything with the first two methods trains, as in seed 002)::
 
     model.parameters() -> list[np.ndarray]    # the arrays themselves; updated in place
     model.forward(inputs) -> outputs          # e.g. logits (batch, classes); may cache activations
-    model.backward(d_outputs) -> list[np.ndarray]
+    model.backward(d_outputs) -> list[np.ndarray]      # optional
         # d loss / d parameter, one per parameters() entry, same order and shapes,
         # given d loss / d outputs of the last forward()
+
+Without ``backward`` the gradients come from central finite differences of
+``forward`` (``finite_diff.py``): exact to ~1e-9 but two forward passes per
+parameter element every step, so only for small models (seed 002's example model,
+9,600 elements, takes ~0.4 s a step).
 
 The loss is the trainer's, not the model's: ``loss_fn(outputs, labels) -> (loss,
 d_outputs)``, by default the stable softmax cross-entropy of ``mlp.py``. A batch is
@@ -17,7 +22,7 @@ One step, in the seed's order::
 
     outputs      = model.forward(batch inputs)
     loss, d_out  = loss_fn(outputs, labels)
-    grads        = model.backward(d_out)
+    grads        = model.backward(d_out)      # or finite differences of forward()
     grad_norm    = clip_grad_norm(grads, max_grad_norm)   # pre-clip norm, as torch returns
     optimizer.step(grads)                                 # uses the lr set for this step
     scheduler.step()                                      # lr for the next step
@@ -31,6 +36,7 @@ import numpy as np
 
 from epochal.scratch.adamw import AdamW, check_gradients
 from epochal.scratch.errors import ScratchValueError
+from epochal.scratch.finite_diff import finite_difference_gradients
 from epochal.scratch.mlp import softmax_cross_entropy
 from epochal.scratch.schedule import LRScheduler
 
@@ -41,7 +47,6 @@ LossFn = Callable[[np.ndarray, np.ndarray], "tuple[float, np.ndarray]"]
 class Model(Protocol):
     def parameters(self) -> list[np.ndarray]: ...
     def forward(self, inputs: np.ndarray) -> np.ndarray: ...
-    def backward(self, d_outputs: np.ndarray) -> list[np.ndarray]: ...
 
 
 def clip_grad_norm(gradients: Sequence[np.ndarray], max_norm: float | None) -> float:
@@ -79,10 +84,23 @@ def split_batch(batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(batch[present[0]]), np.asarray(batch["labels"])
 
 
+def _check_updates_reach_the_model(model: Model, optimizer: AdamW) -> None:
+    """Finite differences perturb ``model.parameters()`` and AdamW updates its own list: unless
+    they are the same arrays, every gradient would be zero or every update lost, silently."""
+    params = model.parameters()
+    if len(params) != len(optimizer.params) or any(p is not q for p, q in zip(params, optimizer.params)):
+        raise ScratchValueError(
+            "the optimizer's arrays are not the model's parameters(); build AdamW from model.parameters(), "
+            "which must return the arrays forward() reads (they are updated in place)"
+        )
+
+
 class Trainer:
     """Runs training steps of a model (see the module doc for the protocol).
 
     ``scheduler`` may be None (constant lr); ``max_grad_norm`` None turns clipping off.
+    ``gradient_method`` says where the gradients come from: "backward" (the model's
+    own) or "finite differences" (a model without ``backward``; slow, small models only).
     """
 
     def __init__(
@@ -99,6 +117,9 @@ class Trainer:
             )
         if scheduler is not None and scheduler.optimizer is not optimizer:
             raise ScratchValueError("the scheduler drives a different optimizer than the one given")
+        self.gradient_method = "backward" if callable(getattr(model, "backward", None)) else "finite differences"
+        if self.gradient_method == "finite differences":
+            _check_updates_reach_the_model(model, optimizer)
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -116,7 +137,10 @@ class Trainer:
             raise ScratchValueError(
                 f"the loss is {loss} at step {self.global_step + 1}; only a finite loss can be trained on"
             )
-        grads = self.model.backward(d_outputs)
+        if self.gradient_method == "backward":
+            grads = self.model.backward(d_outputs)
+        else:
+            grads = finite_difference_gradients(self.model, inputs, d_outputs)
         check_gradients(self.optimizer.params, grads)
         grad_norm = clip_grad_norm(grads, self.max_grad_norm)
         lr = self.optimizer.lr
