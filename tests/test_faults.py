@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from epochal.audit import KILL_ENV, first_difference, weights_hash
+from epochal.audit import first_difference, weights_hash
+from epochal.faults import KILL_ENV
 
 SETTINGS = ["--epochs", "3", "--set", "task.n_train=256", "--set", "task.dropout=0.2",
             "--set", "checkpoint.every_steps=3", "--set", "ema.enabled=true", "--set", "ema.decay=0.9"]

@@ -16,8 +16,10 @@ from tqdm.auto import tqdm
 
 from epochal import provenance
 from epochal.callbacks.base import Callback
+from epochal.checkpoint import tensors_sha256
 from epochal.config import RunConfig, flat
 from epochal.errors import CheckpointError, ConfigError, EpochalError
+from epochal.faults import kill_hooks
 from epochal.loop import fit
 from epochal.records import RunFolder
 from epochal.resolve import resolve_config
@@ -25,6 +27,7 @@ from epochal.run import Run
 from epochal.signals import PREEMPTED_EXIT_CODE, PreemptionSignals
 from epochal.state import seed_everything
 from epochal.tasks import RunContext, Task
+from epochal.warm_start import warm_start
 
 # Settings that may differ on resume without changing the numbers.
 RESUME_FREE_KEYS = {"out_dir", "experiment_id", "train.progress"}
@@ -41,6 +44,25 @@ class Result:
     @property
     def exit_code(self) -> int:
         return {"completed": 0, "preempted": PREEMPTED_EXIT_CODE}.get(self.status, 1)
+
+    def _checkpoint_file(self, name: str) -> Path | None:
+        path = self.run_dir / "checkpoints" / name
+        return path if path.exists() else None
+
+    @property
+    def weights(self) -> Path | None:
+        """model.safetensors: the last weights of a completed run."""
+        return self._checkpoint_file("model.safetensors")
+
+    @property
+    def best_weights(self) -> Path | None:
+        """best.pt: the checkpoint of the best evaluation (checkpoint.best_metric)."""
+        return self._checkpoint_file("best.pt")
+
+    @property
+    def ema_weights(self) -> Path | None:
+        """model_ema.safetensors: the EMA weights of a completed run."""
+        return self._checkpoint_file("model_ema.safetensors")
 
 
 def pick_device(name: str) -> torch.device:
@@ -92,11 +114,11 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
                 result = task_obj.own_loop(config, folder, log)
                 folder.write_json("result.json", result)
                 return _finished(folder, result, log)
-            run_ = _prepare(task_obj, config, folder, list(callbacks), signals, created, log)
+            run_ = _prepare(task_obj, config, folder, [*callbacks, *kill_hooks()], signals, created, log)
             resuming = resume != "never" and existing and _resume(run_, force, log)
             if not resuming:
                 folder.write_text("config.toml", config.to_toml())
-                folder.write_json("env.json", provenance.collect(run_.device, config.train.seed))
+                folder.write_json("env.json", {**provenance.collect(run_.device, config.train.seed), **run_.origin})
             if run_.state.status in ("completed", "failed"):
                 log(f"{folder.path}: already {run_.state.status} ({run_.state.stop_reason}); nothing to do")
                 return _finished(folder, folder.read_result() or run_.result(), log)
@@ -138,7 +160,11 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
         seed_everything(config.train.seed, config.train.deterministic)
         context = RunContext(folder.path, device, config.train.seed, config)
         built = task.build(config.task, context)
-        return Run(task, config, folder, built, context, callbacks, signals, log)
+        init = warm_start(built.model, config.init, log)
+        run = Run(task, config, folder, built, context, callbacks, signals, log)
+        run.origin = {"initial_weights_sha256": tensors_sha256(run.model.state_dict()), "init": init,
+                      "data": run.batches.describe()}
+        return run
     except ConfigError:
         if created is not None:
             folder.release()

@@ -21,28 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from epochal.callbacks.base import Callback
+from epochal.faults import KILL_ENV
 from epochal.resolve import resolve_config
-
-KILL_ENV = "EPOCHAL_KILL_AT_STEP"
-
-
-class KillAtStep(Callback):
-    """Test hook: SIGKILL this process right after optimizer step ``step``, as a crash would."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, run) -> None:
-        if run.state.step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def kill_hooks() -> list[Callback]:
-    """The KillAtStep hook when the environment asks for one (audit and fault-injection tests)."""
-    step = os.environ.get(KILL_ENV)
-    return [KillAtStep(int(step))] if step else []
-
 
 def weights_hash(run_dir: Path) -> str:
     tensors = load_file(str(run_dir / "checkpoints" / "model.safetensors"))

@@ -112,7 +112,8 @@ def payload_states(payload: dict) -> dict:
 
     Format 1 (before the state registry) kept fixed top-level keys and the
     callbacks under "callbacks"; it maps onto the registry's names one to one,
-    except the bad-step count and rollbacks, which now belong to the NaN policy.
+    except the bad-step count and rollbacks, which now belong to the NaN policy,
+    and the data position, which it kept in "state" alone (its data were tensors).
     """
     version = payload.get("format") if isinstance(payload, dict) else None
     if version == 2:
@@ -122,11 +123,40 @@ def payload_states(payload: dict) -> dict:
         nan_policy = {"bad_steps": state.pop("bad_steps", []), "rollbacks": state.pop("rollbacks", 0)}
         state.pop("should_stop", None)
         states = {"model": payload["model"], "optimizer": payload["optimizer"], "scheduler": payload["scheduler"],
-                  "state": state, "rng": payload["rng"], "nan_policy": nan_policy, **payload["callbacks"]}
+                  "state": state, "data": {}, "rng": payload["rng"], "nan_policy": nan_policy,
+                  **payload["callbacks"]}
         if payload.get("scaler") is not None:
             states["scaler"] = payload["scaler"]
         return states
     raise CheckpointError(f"checkpoint format {version!r} is not one this version reads; allowed: 1, 2")
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A hash of named tensors' names, dtypes, shapes and bytes: equal exactly when the weights are."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path) -> list[dict]:
+    path = folder / MANIFEST
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text())["checkpoints"]
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: unreadable manifest ({err})") from None
+
+
+def read_checkpoint(folder: Path, name: str) -> dict:
+    """A complete checkpoint of a checkpoints/ folder by name, hash-checked; reads, never writes."""
+    entry = next((e for e in read_manifest(folder) if e["file"] == name), None)
+    if entry is None:
+        raise CheckpointError(f"{folder / name}: no such complete checkpoint")
+    return load_file(folder / name, entry["sha256"])
 
 
 def save_weights(path: Path, model: torch.nn.Module) -> None:
@@ -146,13 +176,7 @@ class CheckpointStore:
             stale.unlink(missing_ok=True)
 
     def manifest(self) -> list[dict]:
-        path = self.folder / MANIFEST
-        if not path.exists():
-            return []
-        try:
-            return json.loads(path.read_text())["checkpoints"]
-        except (ValueError, KeyError) as err:
-            raise CheckpointError(f"{path}: unreadable manifest ({err})") from None
+        return read_manifest(self.folder)
 
     def write(self, name: str, data: bytes, info: dict) -> None:
         """Write one checkpoint file and enter it into the manifest; enforce retention."""
@@ -202,10 +226,7 @@ class CheckpointStore:
         return payload_states(self.load(name))
 
     def load(self, name: str) -> dict:
-        entry = next((e for e in self.manifest() if e["file"] == name), None)
-        if entry is None:
-            raise CheckpointError(f"{self.folder / name}: no such complete checkpoint")
-        return load_file(self.folder / name, entry["sha256"])
+        return read_checkpoint(self.folder, name)
 
 
 class BackgroundWriter:

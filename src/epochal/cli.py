@@ -21,6 +21,7 @@ SHORTHANDS = {  # flag -> dotted config key
     "seed": "train.seed",
     "precision": "train.precision",
     "device": "train.device",
+    "init_from": "init.path",
 }
 
 
@@ -39,6 +40,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="train.seed")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="train.precision")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
+    p.add_argument("--init-from", metavar="PATH", help="start from a run folder's, .pt's or .safetensors' weights (init.path)")
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels (train.deterministic)")
     p.add_argument("--out", help="results folder (default: results)")
     p.add_argument("--id", dest="experiment_id", help="run folder name (default: <task>-<timestamp>; audit: audit)")
@@ -95,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = run(args.task, args.config, overrides=_overrides(args), out_dir=args.out,
                  experiment_id=args.experiment_id, resume=args.resume, overwrite=args.overwrite,
-                 force=args.force, callbacks=_test_hooks())
+                 force=args.force)
     return result.exit_code
 
 
@@ -106,12 +108,25 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.toml").exists():
         raise EpochalError(f"{run_dir}: not a run folder (no config.toml)")
+    _refuse_script_run(run_dir)
     task, config = resolve_config(None, run_dir / "config.toml", _overrides(args))
     # The folder may have moved or been renamed since: it is where the run lives now.
     run_dir = run_dir.resolve()
     config.experiment_id, config.out_dir = run_dir.name, str(run_dir.parents[1 if config.group else 0])
-    result = run(task, config, resume="must", force=args.force, callbacks=_test_hooks())
+    result = run(task, config, resume="must", force=args.force)
     return result.exit_code
+
+
+def _refuse_script_run(run_dir: Path) -> None:
+    """A run defined by epochal.fit in a script lives in that script: say how to continue it."""
+    from epochal.config import load_toml
+    from epochal.script import SCRIPT_TASK
+
+    table = load_toml(run_dir / "config.toml").get("task", {})
+    if isinstance(table, dict) and table.get("name") == SCRIPT_TASK:
+        script = table.get("script") or "the Python session that made it"
+        raise EpochalError(f"{run_dir}: this run was defined by epochal.fit in {script}; run that script again "
+                           "with the same settings: fit(..., resume=\"auto\") continues it from its last checkpoint")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -159,12 +174,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     return audit(args.task, args.config, _overrides(args), args.kills, args.every_steps, args.out or "results/audit",
                  args.experiment_id or "audit")
-
-
-def _test_hooks() -> list:
-    from epochal.audit import kill_hooks
-
-    return kill_hooks()
 
 
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "tasks": cmd_tasks, "audit": cmd_audit}

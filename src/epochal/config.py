@@ -25,12 +25,16 @@ from epochal.errors import ConfigError
 @dataclass
 class TrainConfig:
     max_epochs: int = 10  # upper bound: a gate or early stopping may end the run sooner
-    batch_size: int = 64  # examples per optimizer step, whatever grad_accum is
+    max_steps: int | None = None  # optimizer-step budget; the first budget reached ends training (required for iterable data)
+    batch_size: int = 64  # examples per optimizer step, whatever grad_accum is (a user's DataLoader sets its own)
     grad_accum: int = 1  # micro-batches per optimizer step: the same update with less memory
     drop_last: bool = False  # drop an epoch's last incomplete batch (keeps every step the same size)
     grad_clip: float = 1.0  # global-norm clipping threshold; 0 turns clipping off (the norm is still logged)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler
-    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    eval_every: int = 1  # epochs between evaluations (the end of training is always evaluated)
+    eval_every_steps: int = 0  # also evaluate every N optimizer steps, mid-epoch; 0 turns it off
+    eval_batches: int = 0  # cap on batches per evaluation of epochal.fit's eval_data; 0: all of it
+    num_workers: int = 0  # DataLoader workers for a map-style Dataset (0: read in the training process)
     log_every: int = 50  # steps between fetches of the on-device loss buffer (the only host syncs)
     seed: int = 0  # seeds python, numpy, torch and the data order
     deterministic: bool = False  # deterministic kernels: reproducible on GPU, somewhat slower
@@ -44,7 +48,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         _positive(self, "train", "max_epochs", "batch_size", "grad_accum", "eval_every", "log_every", "max_rollbacks")
-        _non_negative(self, "train", "grad_clip")
+        _non_negative(self, "train", "grad_clip", "eval_every_steps", "eval_batches", "num_workers")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"train.max_steps: {self.max_steps} must be positive; allowed: > 0, or leave it out")
         if self.grad_accum > self.batch_size:
             raise ConfigError(f"train.grad_accum: {self.grad_accum} exceeds train.batch_size {self.batch_size}; allowed: 1..batch_size")
         if not 0 < self.rollback_lr_scale <= 1:
@@ -134,6 +140,16 @@ class CheckpointConfig:
 
 
 @dataclass
+class InitConfig:
+    """Warm start: a new run that begins from another run's (or file's) weights."""
+
+    path: str = ""  # a run folder, a .pt checkpoint or a .safetensors file; empty: fresh weights
+    weights: Literal["last", "best", "ema"] = "last"  # which weights of a run folder
+    strict: bool = False  # false: load what matches and report missing/unexpected keys (fine-tuning a changed head)
+    freeze: list[str] = field(default_factory=list)  # parameter-name patterns (fnmatch) kept fixed in training
+
+
+@dataclass
 class RunConfig:
     task: Any  # the task's own settings dataclass; its name is task.name in TOML ([task] name = "...")
     task_name: str = ""  # registered task name
@@ -147,6 +163,7 @@ class RunConfig:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    init: InitConfig = field(default_factory=InitConfig)
 
     @property
     def run_dir(self) -> Path:

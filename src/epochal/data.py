@@ -1,17 +1,38 @@
-"""Batches whose order is a pure function of (seed, epoch).
+"""Training data as batches whose order is a pure function of (seed, epoch).
 
-Position k of epoch e is known without replaying anything: resume jumps straight
-to it. Data that fits lives on the device and is indexed there; a map-style
-Dataset that does not fit is read through a DataLoader in the same order.
+Position k of epoch e is known without replaying anything, so a resume jumps
+straight to it. What a run can be given (``make_batches``):
+
+- tensors (a tensor, or a tuple/list/dict of them, nested) or a ``TensorDataset``:
+  moved to the device once and batched by indexing with the epoch's permutation;
+- a map-style ``Dataset``: read through a DataLoader in that same order, with
+  ``train.num_workers`` workers; a worker seeds python, numpy and torch from
+  (seed, epoch, batch) before each batch, so random transforms give the same
+  batch whichever worker makes it (and again after a resume);
+- the user's ``DataLoader``: its batch size, sampler, collate function and workers
+  are used as they are; a shuffling sampler without a generator of its own is
+  seeded from (seed, epoch), one with a generator has the generator's state kept
+  in checkpoints, a ``set_epoch`` sampler gets the epoch: a resumed epoch is the same;
+- an ``IterableDataset`` (or a DataLoader over one): one pass is an epoch, the
+  length is unknown, so a step budget (``train.max_steps``) is required; a resume
+  inside an epoch skips the batches already trained on (exact when the data yields
+  the same batches on every pass).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator
+import random
+from typing import Any, Iterator
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, TensorDataset
+
+from epochal.errors import ConfigError
+from epochal.tree import leaves, to_device, tree_map
+
+ACCEPTED = "a tensor, a tuple/list/dict of tensors, a Dataset, an IterableDataset or a DataLoader"
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -20,16 +41,47 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
-class _Batches:
-    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool):
-        if n == 0:
-            raise ValueError("the task produced no training examples")
-        self.n, self.batch_size, self.seed, self.drop_last = n, batch_size, seed, drop_last
-        if len(self) == 0:
-            raise ValueError(f"{n} training examples are fewer than one batch of {batch_size} with drop_last")
+def _epoch_generator(seed: int, epoch: int, purpose: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + purpose * 7_919)
+
+
+class Batches:
+    """The protocol: ``len`` (optimizer steps per epoch, None if unknown), ``epoch(e, start)``,
+    ``describe()`` for provenance, and ``state_dict``/``load_state_dict`` (registered as "data")."""
+
+    exact_resume = True  # False: a resume inside an epoch skips batches instead of jumping to them
 
     def __len__(self) -> int:
-        """Optimizer steps per epoch."""
+        raise NotImplementedError
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        return len(self)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"kind": type(self).__name__}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class _Ordered(Batches):
+    """n examples in (seed, epoch) order, cut into batches."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool):
+        if n == 0:
+            raise ConfigError("train_data: the training data holds no examples; allowed: at least one batch")
+        self.n, self.batch_size, self.seed, self.drop_last = n, batch_size, seed, drop_last
+        if len(self) == 0:
+            raise ConfigError(f"train.drop_last: {n} training examples are fewer than one batch of {batch_size}; "
+                              "allowed: a smaller train.batch_size or drop_last = false")
+
+    def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
 
     def _index_batches(self, epoch: int, start: int, device: torch.device | None = None) -> Iterator[torch.Tensor]:
@@ -40,38 +92,168 @@ class _Batches:
             yield order[k * self.batch_size : (k + 1) * self.batch_size]
 
 
-class DeviceBatches(_Batches):
+class DeviceBatches(_Ordered):
     """Equal-length tensors on the device, batched by indexing with the epoch's permutation."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], device: torch.device, batch_size: int, seed: int, drop_last: bool):
-        lengths = {name: len(t) for name, t in tensors.items()}
-        if len(set(lengths.values())) != 1:
-            raise ValueError(f"training tensors differ in length: {lengths}")
-        self.tensors = {name: t.to(device) for name, t in tensors.items()}
+    def __init__(self, tensors: Any, device: torch.device, batch_size: int, seed: int, drop_last: bool):
+        lengths = [len(t) if t.ndim else None for t in leaves(tensors)]
+        if not lengths or None in lengths or len(set(lengths)) != 1:
+            raise ConfigError(f"train_data: tensors must share their first (example) dimension, got lengths {lengths}")
+        self.tensors = to_device(tensors, device)
         self.device = device
-        super().__init__(next(iter(lengths.values())), batch_size, seed, drop_last)
+        super().__init__(lengths[0], batch_size, seed, drop_last)
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
         for index in self._index_batches(epoch, start, self.device):
-            yield {name: t[index] for name, t in self.tensors.items()}
+            yield tree_map(lambda t, index=index: t[index], self.tensors)
 
 
-class LoaderBatches(_Batches):
-    """A map-style Dataset of dicts read through a DataLoader, in the same (seed, epoch) order."""
+class _SeededFetch(Dataset):
+    """Fetches a batch's items after seeding every generator from (seed, epoch, batch) when in a worker."""
 
-    def __init__(self, dataset: Dataset, device: torch.device, batch_size: int, seed: int, drop_last: bool, workers: int = 0):
+    def __init__(self, dataset: Dataset, seed: int, epoch: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, keyed: list[tuple[int, int]]) -> list:
+        batch_number, indices = keyed[0][0], [index for _, index in keyed]
+        if torch.utils.data.get_worker_info() is not None:  # the main process keeps its (checkpointed) stream
+            seed = (self.seed * 1_000_003 + self.epoch) * 1_000_003 + batch_number
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+        getitems = getattr(self.dataset, "__getitems__", None)
+        return getitems(indices) if getitems else [self.dataset[i] for i in indices]
+
+
+def _keyed(batches: list[list[int]], start: int) -> list[list[tuple[int, int]]]:
+    return [[(start + k, index) for index in batch] for k, batch in enumerate(batches)]
+
+
+class LoaderBatches(_Ordered):
+    """A map-style Dataset read through a DataLoader, in the same (seed, epoch) order."""
+
+    def __init__(self, dataset: Dataset, device: torch.device, batch_size: int, seed: int, drop_last: bool,
+                 workers: int = 0):
         self.dataset, self.device, self.workers = dataset, device, workers
         super().__init__(len(dataset), batch_size, seed, drop_last)
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
         batches = [index.tolist() for index in self._index_batches(epoch, start)]
-        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda")
+        loader = DataLoader(_SeededFetch(self.dataset, self.seed, epoch), batch_sampler=_keyed(batches, start),
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                            generator=_epoch_generator(self.seed, epoch, 1))
         for batch in loader:
-            yield {name: t.to(self.device, non_blocking=True) for name, t in batch.items()}
+            yield to_device(batch, self.device, non_blocking=True)
+
+    def describe(self) -> dict:
+        return {"kind": "Dataset", "dataset": type(self.dataset).__name__, "num_workers": self.workers}
 
 
-def make_batches(train_data, device: torch.device, batch_size: int, seed: int, drop_last: bool) -> _Batches:
-    if isinstance(train_data, dict):
+class UserLoaderBatches(Batches):
+    """The user's map-style DataLoader: its sampler, batch size, collate and workers, in a resumable order."""
+
+    def __init__(self, loader: DataLoader, device: torch.device, seed: int):
+        if loader.batch_sampler is None:
+            raise ConfigError("train_data: a DataLoader with batch_size=None yields single examples; allowed: a "
+                              "DataLoader with a batch_size or a batch_sampler")
+        self.loader, self.device, self.seed = loader, device, seed
+        self.sampler = getattr(loader.batch_sampler, "sampler", loader.sampler)
+        self.epoch_start: tuple[int, torch.Tensor] | None = None  # (epoch, sampler generator state as it began)
+        if len(loader.batch_sampler) == 0:
+            raise ConfigError("train_data: the DataLoader yields no batches; allowed: at least one batch")
+
+    def __len__(self) -> int:
+        return len(self.loader.batch_sampler)
+
+    def _batches_of(self, epoch: int) -> list[list[int]]:
+        sampler = self.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        generator = getattr(sampler, "generator", None)
+        if isinstance(sampler, RandomSampler) and generator is None:
+            sampler.generator = _epoch_generator(self.seed, epoch, 2)
+            try:
+                return [list(batch) for batch in self.loader.batch_sampler]
+            finally:
+                sampler.generator = None
+        if isinstance(generator, torch.Generator):
+            if self.epoch_start is not None and self.epoch_start[0] == epoch:
+                generator.set_state(self.epoch_start[1])  # a resumed epoch draws the order it drew before
+            self.epoch_start = (epoch, generator.get_state())
+        return [list(batch) for batch in self.loader.batch_sampler]
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        batches = self._batches_of(epoch)[start:]
+        loader = self.loader
+        rebuilt = DataLoader(_SeededFetch(loader.dataset, self.seed, epoch), batch_sampler=_keyed(batches, start),
+                             num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                             pin_memory=loader.pin_memory, timeout=loader.timeout,
+                             worker_init_fn=loader.worker_init_fn,
+                             multiprocessing_context=loader.multiprocessing_context,
+                             generator=_epoch_generator(self.seed, epoch, 1),
+                             prefetch_factor=loader.prefetch_factor if loader.num_workers else None)
+        for batch in rebuilt:
+            yield to_device(batch, self.device, non_blocking=True)
+
+    def describe(self) -> dict:
+        loader = self.loader
+        return {"kind": "DataLoader", "batch_size": loader.batch_size, "num_workers": loader.num_workers,
+                "sampler": type(self.sampler).__name__, "drop_last": loader.drop_last,
+                "collate_fn": getattr(loader.collate_fn, "__name__", type(loader.collate_fn).__name__)}
+
+    def state_dict(self) -> dict:
+        if self.epoch_start is None:
+            return {}
+        return {"epoch": self.epoch_start[0], "generator_state": self.epoch_start[1]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch_start = (state["epoch"], state["generator_state"]) if state else None
+
+
+class IterableBatches(Batches):
+    """An IterableDataset or a DataLoader over one: each pass is an epoch of unknown length."""
+
+    exact_resume = False
+
+    def __init__(self, loader: DataLoader, device: torch.device):
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        raise TypeError("an iterable dataset has no known number of batches")
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        return None
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        if hasattr(self.loader.dataset, "set_epoch"):
+            self.loader.dataset.set_epoch(epoch)
+        for position, batch in enumerate(self.loader):
+            if position >= start:  # a resume skips what it already trained on
+                yield to_device(batch, self.device, non_blocking=True)
+
+    def describe(self) -> dict:
+        return {"kind": "IterableDataset", "dataset": type(self.loader.dataset).__name__,
+                "batch_size": self.loader.batch_size, "num_workers": self.loader.num_workers}
+
+
+def make_batches(train_data: Any, device: torch.device, batch_size: int, seed: int, drop_last: bool,
+                 workers: int = 0) -> Batches:
+    if isinstance(train_data, DataLoader):
+        if isinstance(train_data.dataset, IterableDataset):
+            return IterableBatches(train_data, device)
+        return UserLoaderBatches(train_data, device, seed)
+    if isinstance(train_data, IterableDataset):
+        return IterableBatches(DataLoader(train_data, batch_size=batch_size, num_workers=workers), device)
+    if isinstance(train_data, TensorDataset):
+        return DeviceBatches(tuple(train_data.tensors), device, batch_size, seed, drop_last)
+    duck_typed = hasattr(train_data, "__getitem__") and hasattr(train_data, "__len__") and not isinstance(
+        train_data, (torch.Tensor, tuple, list, dict, str, bytes))
+    if isinstance(train_data, Dataset) or duck_typed:  # e.g. a Hugging Face dataset
+        return LoaderBatches(train_data, device, batch_size, seed, drop_last, workers)
+    if leaves(train_data):
         return DeviceBatches(train_data, device, batch_size, seed, drop_last)
-    return LoaderBatches(train_data, device, batch_size, seed, drop_last)
+    raise ConfigError(f"train_data: got {type(train_data).__name__}; allowed: {ACCEPTED}")

@@ -1,7 +1,7 @@
 """fit(run): the training loop, top to bottom.
 
     on_fit_start
-    while epochs remain and nothing asked to stop:
+    while the budget (max_epochs, max_steps) lasts and nothing asked to stop:
         on_epoch_start
         for each batch of the epoch, from the saved position on:
             step(batch)                       numerics on the device (step.py); no host sync
@@ -10,7 +10,7 @@
                 fetch -> on_log               the one host sync: history, console, NaN policy
             act                               roll back / stop / save: here and nowhere else
         end of the epoch: fetch -> on_log; act
-        evaluate when due -> on_eval_end      gate, early stopping, best
+        evaluate when due -> on_eval_end      gate, early stopping, best (also every eval_every_steps)
         on_epoch_end -> act                   epoch checkpoint, history, result.json
     final checkpoint; export weights; test the last and the best weights
     on_fit_end                                result.json, plots
@@ -32,12 +32,12 @@ def fit(run: Run) -> dict:
     """Train from wherever ``run.state`` stands to the end; returns result.json's content."""
     state, train = run.state, run.config.train
     act(run, run.emit("on_fit_start"))
-    while not state.stopped and state.epoch < train.max_epochs:
+    while not state.stopped and not run.out_of_budget():
         act(run, run.emit("on_epoch_start"))
         if not train_epoch(run):
-            continue  # stopped, or rolled back to an earlier position
+            continue  # stopped, rolled back to an earlier position, or out of steps
         decisions: list[Decision] = []
-        if state.epoch % train.eval_every == 0 or state.epoch == train.max_epochs:
+        if run.eval_due_at_epoch_end():
             decisions += run.emit("on_eval_end", run.evaluate())
         act(run, decisions + run.emit("on_epoch_end"))
     return finish(run)
@@ -46,21 +46,25 @@ def fit(run: Run) -> dict:
 def train_epoch(run: Run) -> bool:
     """Train from the saved position to the end of the epoch; False if a decision left it early."""
     state, log_every = run.state, run.config.train.log_every
-    run.records.start_epoch(state.batch_in_epoch)
     started = time.perf_counter()
     try:
         for batch in run.batches.epoch(state.epoch, state.batch_in_epoch):
+            if run.out_of_steps():
+                return False  # the step budget ends training inside this epoch
             run.train_step(batch)
             decisions = run.emit("on_step_end")
-            if state.step % log_every == 0 or any(isinstance(d, Save) for d in decisions):
+            evaluate = run.eval_due_at_step()
+            if state.step % log_every == 0 or evaluate or any(isinstance(d, Save) for d in decisions):
                 decisions = run.log() + decisions  # fetch first: a rollback it decides beats a save
+            if evaluate:
+                decisions += run.emit("on_eval_end", run.evaluate())
             if not act(run, decisions):
                 return False
         if not act(run, run.log()):
             return False
     finally:
         state.train_seconds += time.perf_counter() - started
-    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    state.epoch, state.epoch_steps, state.batch_in_epoch = state.epoch + 1, state.batch_in_epoch, 0
     return True
 
 
@@ -84,7 +88,9 @@ def finish(run: Run) -> dict:
     state = run.state
     act(run, run.log())  # a stop decided without a save may leave steps unfetched
     if not state.stopped:
-        state.stop("max_epochs reached", "completed")
+        if run.out_of_steps() and state.step not in state.eval_steps:
+            act(run, run.emit("on_eval_end", run.evaluate()))  # a step budget ends between evaluations
+        state.stop("max_steps reached" if run.out_of_steps() else "max_epochs reached", "completed")
     if run.last_saved_step != state.step and state.status != "preempted":
         run.save([Save("final")])
     run.writer.wait()

@@ -46,26 +46,29 @@ class Run:
         self.dir, self.device, self.eval_context = folder.path, device, built.eval_context
         self.model = built.model.to(device)
         forward_model = torch.compile(self.model) if train.compile else self.model
-        self.batches = make_batches(built.train_data, device, train.batch_size, train.seed, train.drop_last)
-        self.steps_per_epoch = len(self.batches)
-        self.total_steps = train.max_epochs * self.steps_per_epoch
-        warmup = resolve_warmup_steps(self.total_steps, config.schedule.warmup_fraction, config.schedule.warmup_steps)
-        if warmup >= self.total_steps:
-            raise ConfigError(f"schedule.warmup_steps: {warmup} warmup steps, but training has only {self.total_steps} "
-                              f"({train.max_epochs} epochs x {self.steps_per_epoch}); allowed: fewer")
-        o = config.optim
-        self.optimizer = build_adamw(self.model, o.lr, o.weight_decay, o.betas, o.eps, o.decay_all)
-        schedule = make_schedule(config.schedule.kind, warmup, self.total_steps, config.schedule.min_lr_ratio)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.batches = make_batches(built.train_data, device, train.batch_size, train.seed, train.drop_last,
+                                    train.num_workers)
+        self.steps_per_epoch = self.batches.steps_per_epoch  # None for iterable data
+        self.total_steps = training_steps(train.max_epochs, self.steps_per_epoch, train.max_steps)
+        if built.optimizer is not None:
+            self.optimizer = built.optimizer([p for p in self.model.parameters() if p.requires_grad])
+        else:
+            o = config.optim
+            self.optimizer = build_adamw(self.model, o.lr, o.weight_decay, o.betas, o.eps, o.decay_all)
+        self.scheduler = (built.scheduler or default_scheduler(config))(self.optimizer, self.total_steps)
+        if config.train.nan_policy == "skip" and not self.optimizer.defaults.get("fused"):
+            raise ConfigError(f"train.nan_policy: 'skip' needs an optimizer that skips a step on the device (fused "
+                              f"AdamW/Adam/SGD), not {type(self.optimizer).__name__}; allowed: stop, rollback")
         self.step = Step(forward_model, task.loss, self.optimizer, self.scheduler, device, train.precision,
-                         train.grad_clip, train.grad_accum, train.guard_nonfinite)
-        self.records = StepRecords(self.steps_per_epoch, device)
+                         train.grad_clip, train.grad_accum, train.guard_nonfinite, getattr(task, "prepare_batch", None))
+        self.records = StepRecords(train.log_every, device)
         self.state = TrainState()
         self.store = CheckpointStore(folder.path / "checkpoints", config.checkpoint.keep_last)
         self.writer = BackgroundWriter(config.checkpoint.async_write)
         self.config_dict, self.config_hash = config.to_dict(), config.hash()
         self.last_saved_step = -1
         self.tested: dict | None = None  # test metrics of the last and best weights, once training completed
+        self.origin: dict = {}  # provenance of the starting point (initial weights hash, warm start, data)
         self.callbacks = [*policies(config, self.model), *task.callbacks(config.task, context), *callbacks,
                           Checkpointing(config.checkpoint, train.max_epochs), Preemption(signals),
                           RunRecord(), Console(log, train.progress, train.max_epochs)]
@@ -79,11 +82,27 @@ class Run:
         if self.step.scaler is not None:
             registry.register("scaler", self.step.scaler)
         registry.register("state", self.state)
+        registry.register("data", self.batches)
         registry.register("rng", RNGState())
         for callback in self.callbacks:
             if callback.key:
                 registry.register(callback.key, callback, weights=provides_weights(callback))
         return registry
+
+    # ---------------------------------------------------------------- budget
+    def out_of_steps(self) -> bool:
+        return self.config.train.max_steps is not None and self.state.step >= self.config.train.max_steps
+
+    def out_of_budget(self) -> bool:
+        return self.state.epoch >= self.config.train.max_epochs or self.out_of_steps()
+
+    def eval_due_at_step(self) -> bool:
+        every = self.config.train.eval_every_steps
+        return bool(every) and self.state.step % every == 0
+
+    def eval_due_at_epoch_end(self) -> bool:
+        train = self.config.train
+        return self.state.epoch % train.eval_every == 0 or self.out_of_budget()
 
     # ---------------------------------------------------------------- events
     def emit(self, event: str, *args) -> list[Decision]:
@@ -143,6 +162,7 @@ class Run:
         for name, value in metrics.items():
             self.state.curves.setdefault(name, []).append(value)
         self.state.eval_epochs.append(self.state.epoch)
+        self.state.eval_steps.append(self.state.step)
         return metrics
 
     def test(self) -> dict | None:
@@ -185,6 +205,7 @@ class Run:
 
     def restore(self, payload: dict, keep: tuple[str, ...] = ()) -> None:
         self.registry.load_state_dict(payload_states(payload), keep=keep)
+        self.records.discard()
         self.last_saved_step = self.state.step
 
     def roll_back(self, decision: RollBack) -> None:
@@ -218,7 +239,7 @@ class Run:
         result: dict[str, Any] = {
             "experiment_id": self.config.experiment_id, "task": self.config.task_name, "status": state.status,
             "epochs": state.epoch, "steps": state.step, "metrics": state.metrics, "best": None,
-            "eval_epochs": state.eval_epochs, "curves": state.curves,
+            "eval_epochs": state.eval_epochs, "eval_steps": state.eval_steps, "curves": state.curves,
             "metadata": {"stop_reason": state.stop_reason, "config_hash": self.config_hash,
                          "train_seconds": round(state.train_seconds, 3)},
             "checkpoints": sorted(entry["file"] for entry in self.store.manifest()),
@@ -230,6 +251,29 @@ class Run:
         if self.tested is not None:
             result["test"] = self.tested
         return result
+
+
+def training_steps(max_epochs: int, steps_per_epoch: int | None, max_steps: int | None) -> int:
+    """The step count schedules are sized for: whichever budget ends training first."""
+    budgets = [b for b in (max_steps, None if steps_per_epoch is None else max_epochs * steps_per_epoch) if b]
+    if not budgets:
+        raise ConfigError("train.max_steps: required for data of unknown length (an iterable dataset); "
+                          "allowed: a positive step budget")
+    return min(budgets)
+
+
+def default_scheduler(config: RunConfig) -> Callable:
+    """Warmup, then cosine/linear/constant, sized for the run's step budget (the schedule section)."""
+    s = config.schedule
+
+    def make(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        warmup = resolve_warmup_steps(total_steps, s.warmup_fraction, s.warmup_steps)
+        if warmup >= total_steps:
+            raise ConfigError(f"schedule.warmup_steps: {warmup} warmup steps, but training has only {total_steps}; "
+                              "allowed: fewer")
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, make_schedule(s.kind, warmup, total_steps, s.min_lr_ratio))
+
+    return make
 
 
 def provides_weights(callback: Callback) -> bool:

@@ -17,9 +17,11 @@ class TrainState:
 
     epoch: int = 0  # completed epochs
     batch_in_epoch: int = 0  # optimizer steps already done in the current epoch: the data position
+    epoch_steps: int = 0  # optimizer steps in the last completed epoch (iterable data has no fixed length)
     step: int = 0  # optimizer steps done in total
     curves: dict[str, list] = field(default_factory=dict)  # per step: train_loss, components; per eval: metrics
-    eval_epochs: list[int] = field(default_factory=list)  # the epoch (1-based) of each evaluation
+    eval_epochs: list[int] = field(default_factory=list)  # epochs completed at each evaluation
+    eval_steps: list[int] = field(default_factory=list)  # the optimizer step of each evaluation
     metrics: dict[str, float] = field(default_factory=dict)  # the latest evaluation
     train_seconds: float = 0.0  # wall time spent training, summed over resumes
     stop_reason: str = ""  # why training ended or will end; empty while it goes on
@@ -34,9 +36,10 @@ class TrainState:
         if not self.stopped:
             self.stop_reason, self.status = reason, status
 
-    def epoch_train_loss(self, steps_per_epoch: int) -> float:
+    def epoch_train_loss(self) -> float:
         """Mean of the finite per-step losses of the epoch just finished."""
-        losses = [x for x in self.curves.get("train_loss", [])[-steps_per_epoch:] if math.isfinite(x)]
+        curve = self.curves.get("train_loss", [])
+        losses = [x for x in curve[len(curve) - self.epoch_steps:] if math.isfinite(x)]
         return sum(losses) / max(1, len(losses))
 
     def state_dict(self) -> dict:
@@ -46,8 +49,9 @@ class TrainState:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        fresh = TrainState()  # a field added after the checkpoint was written keeps its default
         for f in fields(self):
-            setattr(self, f.name, copy.copy(state[f.name]))
+            setattr(self, f.name, copy.copy(state.get(f.name, getattr(fresh, f.name))))
         self.curves = {name: values.tolist() for name, values in state["curves"].items()}
 
 

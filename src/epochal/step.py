@@ -10,12 +10,14 @@ weights; the host sees them in the fetched values.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Any, Callable, Union
 
 import torch
 from torch import nn
 
-LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+from epochal.tree import batch_size, split
+
+LossFn = Callable[[nn.Module, Any], Any]
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,41 +30,59 @@ def autocast(device: torch.device, precision: str):
 
 
 class StepRecords:
-    """Per-step values of one epoch, kept on the device until the loop fetches them.
+    """Per-step values kept on the device until the loop fetches them, at most ``capacity`` at a time.
 
     One row per step, one column per value: a step costs one stack and one copy.
-    ``fetch`` is the only synchronisation of the training path.
+    ``fetch`` is the only synchronisation of the training path; the loop fetches at
+    least every ``log_every`` steps, which is the capacity.
     """
 
-    def __init__(self, steps: int, device: torch.device):
-        self.steps, self.device = steps, device
-        self.start_epoch(0)
-
-    def start_epoch(self, position: int) -> None:
-        """Empty buffers for an epoch that starts (or resumes) at step ``position`` of it."""
+    def __init__(self, capacity: int, device: torch.device):
+        self.capacity, self.device = capacity, device
         self.names: list[str] = []
         self.rows: torch.Tensor | None = None
-        self.lrs = [0.0] * self.steps  # host floats, read from the optimizer before each step
-        self.written = self.fetched = position
+        self.lrs = [0.0] * capacity  # host floats, read from the optimizer before each step
+        self.pending = 0
 
     def write(self, values: dict[str, torch.Tensor], lr: float) -> None:
         if self.rows is None:
             self.names = list(values)
-            self.rows = torch.zeros(self.steps, len(self.names), device=self.device, dtype=torch.float32)
-        self.rows[self.written] = torch.stack([v.detach().float() for v in values.values()])
-        self.lrs[self.written] = lr
-        self.written += 1
+            self.rows = torch.zeros(self.capacity, len(self.names), device=self.device, dtype=torch.float32)
+        self.rows[self.pending] = torch.stack([v.detach().float() for v in values.values()])
+        self.lrs[self.pending] = lr
+        self.pending += 1
 
     def fetch(self, last_step: int, epoch: int) -> list[dict[str, float]]:
         """Records of the steps written since the last fetch; ``last_step`` is the newest one's number."""
-        start, stop = self.fetched, self.written
-        if self.rows is None or stop <= start:
+        count = self.pending
+        if self.rows is None or count == 0:
             return []
-        columns = self.rows[start:stop].T.tolist()
-        self.fetched = stop
-        first_step = last_step - (stop - start) + 1
-        return [{"step": first_step + i, "epoch": epoch, "lr": self.lrs[start + i],
-                 **{name: column[i] for name, column in zip(self.names, columns)}} for i in range(stop - start)]
+        columns = self.rows[:count].T.tolist()
+        self.pending = 0
+        first_step = last_step - count + 1
+        return [{"step": first_step + i, "epoch": epoch, "lr": self.lrs[i],
+                 **{name: column[i] for name, column in zip(self.names, columns)}} for i in range(count)]
+
+    def discard(self) -> None:
+        """Forget unfetched values (a rollback or resume replaces the steps they belong to)."""
+        self.pending = 0
+
+
+Loss = Union[torch.Tensor, tuple]  # a mean over the micro-batch's examples, or a (sum, count) pair
+
+
+def loss_parts(returned: Any) -> dict[str, Loss]:
+    """A loss function's result as {"loss": ..., **components}; each a tensor or a (sum, count) pair."""
+    if isinstance(returned, torch.Tensor) or _is_pair(returned):
+        return {"loss": returned}
+    if isinstance(returned, dict) and "loss" in returned:
+        return returned
+    raise TypeError(f"the loss function returned {type(returned).__name__}; allowed: a loss tensor, a "
+                    "(sum, count) pair, or a dict with a 'loss' entry")
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], torch.Tensor)
 
 
 class Step:
@@ -77,31 +97,52 @@ class Step:
         grad_clip: float,
         grad_accum: int,
         guard_nonfinite: bool = True,
+        prepare: Callable[[Any], Any] | None = None,
     ):
-        self.model, self.loss_fn = model, loss_fn
+        self.model, self.loss_fn, self.prepare = model, loss_fn, prepare
         self.optimizer, self.scheduler = optimizer, scheduler
         self.device, self.precision = device, precision
-        self.grad_clip, self.grad_accum, self.guard_nonfinite = grad_clip, grad_accum, guard_nonfinite
+        self.grad_clip, self.grad_accum = grad_clip, grad_accum
+        # Only fused optimizers read a found_inf flag: with them a bad step is skipped on the device.
+        self.guard_nonfinite = guard_nonfinite and bool(optimizer.defaults.get("fused"))
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         # fp16 needs loss scaling; bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Forward, backward and update on one batch; returns 0-dim device tensors to record."""
-        size = len(next(iter(batch.values())))
-        totals: dict[str, torch.Tensor] = {}
-        for micro in _split(batch, min(self.grad_accum, size)):
+    def __call__(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Forward, backward and update on one batch; returns 0-dim device tensors to record.
+
+        With accumulation, a mean loss is weighted by each micro-batch's share of the
+        examples, and a (sum, count) loss is summed and divided by the whole batch's
+        count: either way the gradient is the whole batch's.
+        """
+        if self.prepare is not None:
+            batch = self.prepare(batch)  # per-batch draws happen once, on the whole batch
+        size = batch_size(batch)
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, torch.Tensor] = {}
+        for micro in split(batch, min(self.grad_accum, size)):
             with autocast(self.device, self.precision):
-                parts = self.loss_fn(self.model, micro)
+                parts = loss_parts(self.loss_fn(self.model, micro))
+            share = batch_size(micro) / size
             loss = parts["loss"]
-            share = len(next(iter(micro.values()))) / size
-            if share != 1:
+            if _is_pair(loss):
+                loss = loss[0]
+            elif share != 1:
                 # Weighting by size makes the accumulated gradient that of the whole batch's mean.
                 loss = loss * share
-                parts = {name: value * share for name, value in parts.items()}
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             for name, value in parts.items():
-                totals[name] = totals[name] + value.detach() if name in totals else value.detach()
+                if _is_pair(value):
+                    total, count = value[0].detach(), torch.as_tensor(value[1], device=self.device)
+                    counts[name] = counts[name] + count if name in counts else count
+                else:
+                    total = value.detach() * share if share != 1 else value.detach()
+                sums[name] = sums[name] + total if name in sums else total
+        if "loss" in counts:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            torch._foreach_div_(grads, counts["loss"].float().clamp_min(1))
+        totals = {name: sums[name] / counts[name].clamp_min(1) if name in counts else sums[name] for name in sums}
 
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -126,12 +167,3 @@ class Step:
             return torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
         grads = [p.grad for p in self.params if p.grad is not None]
         return torch.nn.utils.get_total_norm(grads, foreach=True)
-
-
-def _split(batch: dict[str, torch.Tensor], parts: int):
-    if parts == 1:
-        yield batch
-        return
-    chunks = {name: t.tensor_split(parts) for name, t in batch.items()}
-    for i in range(parts):
-        yield {name: c[i] for name, c in chunks.items()}

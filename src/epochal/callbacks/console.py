@@ -35,7 +35,7 @@ class Console(Callback):
         self._close()
         state = run.state
         evaluated = bool(state.eval_epochs) and state.eval_epochs[-1] == state.epoch
-        line = f"epoch {state.epoch}/{self.max_epochs}  loss {state.epoch_train_loss(run.steps_per_epoch):.4g}"
+        line = f"epoch {state.epoch}/{self.max_epochs}  loss {state.epoch_train_loss():.4g}"
         self.print(f"{line}  {format_metrics(state.metrics) if evaluated else ''}".rstrip())
 
     def on_fit_end(self, run) -> None:

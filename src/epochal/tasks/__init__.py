@@ -30,7 +30,7 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -48,12 +48,17 @@ class Built:
     """What a task hands the loop."""
 
     model: nn.Module
-    # Training examples: a dict of equal-length tensors (moved to the device and
-    # batched by the loop), or a map-style Dataset whose items are such dicts
-    # (read through a DataLoader, for data that does not fit on the device).
-    train_data: dict[str, torch.Tensor] | torch.utils.data.Dataset
+    # Training examples: tensors (a tensor, or a tuple/list/dict of equal-length tensors;
+    # moved to the device and batched by the loop), a map-style Dataset (read through
+    # a DataLoader, for data that does not fit on the device), a DataLoader, or an
+    # IterableDataset (see data.py).
+    train_data: Any
     # Anything evaluate() and test() need: held-out data, a graph, an automaton.
     eval_context: Any = None
+    # Optional factories: (trainable params) -> Optimizer and (optimizer, total_steps) -> LRScheduler.
+    # None: AdamW and the [schedule] section's warmup + decay.
+    optimizer: Callable[[list], torch.optim.Optimizer] | None = None
+    scheduler: Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler] | None = None
 
 
 @dataclass
@@ -95,9 +100,15 @@ class Task:
     def build(self, cfg: Any, run: RunContext) -> Built:
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """{"loss": total, **components}: 0-dim tensors on the device. No host sync here."""
+    def loss(self, model: nn.Module, batch: Any) -> Any:
+        """A loss tensor, a (sum, count) pair, or {"loss": ..., **components} of either: on the device,
+        no host sync. A mean is weighted by examples under accumulation; a pair is summed and divided
+        by the whole batch's count (exact for losses averaged over masked tokens)."""
         raise NotImplementedError
+
+    # Optional: prepare_batch(batch) -> batch, called once per optimizer step on the whole batch
+    # before it is split into micro-batches: where per-batch random draws and normalisers belong,
+    # so that grad_accum does not change them.
 
     def evaluate(self, model: nn.Module, ctx: Any) -> dict[str, float]:
         """Metrics on held-out data; called in eval mode under no_grad, EMA weights swapped in."""

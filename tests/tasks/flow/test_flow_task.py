@@ -86,7 +86,7 @@ def test_build_loss_and_deterministic_evaluation(tmp_path):
     stats = NormStats.load(tmp_path / STATS_FILE)
     torch.testing.assert_close(built.train_data["x1"].mean(0), torch.zeros(2), atol=1e-5, rtol=0)
     assert stats.mean.shape == (2,)
-    out = task.loss(built.model, {"x1": built.train_data["x1"][:32]})
+    out = task.loss(built.model, task.prepare_batch({"x1": built.train_data["x1"][:32]}))
     assert set(out) == {"loss"} and out["loss"].ndim == 0 and out["loss"].requires_grad
     with torch.no_grad():
         first = task.evaluate(built.model, built.eval_context)
@@ -101,7 +101,7 @@ def test_build_loss_and_deterministic_evaluation(tmp_path):
 def test_otcfm_and_flip_run(tmp_path):
     torch.manual_seed(0)
     task, built = build(tmp_path, flow="otcfm", aug="flip", dataset="8gaussians", eval_batch_size=25)
-    loss = task.loss(built.model, {"x1": built.train_data["x1"][:16]})["loss"]
+    loss = task.loss(built.model, task.prepare_batch({"x1": built.train_data["x1"][:16]}))["loss"]
     assert torch.isfinite(loss)
     with torch.no_grad():
         assert np.isfinite(task.evaluate(built.model, built.eval_context)["val_fm_loss"])

@@ -24,7 +24,7 @@ from epochal.errors import ConfigError
 from epochal.tasks import Built, RunContext, Task
 from epochal.tasks.flow.augment import augment
 from epochal.tasks.flow.data import NormStats, build_flow_data, load_rows
-from epochal.tasks.flow.icfm import flow_matching_loss, pair_noise, squared_errors
+from epochal.tasks.flow.icfm import pair_noise, squared_errors
 from epochal.tasks.flow.metrics import random_directions, sliced_wasserstein
 from epochal.tasks.flow.model import build_velocity_model
 from epochal.tasks.flow.ode import sample
@@ -197,9 +197,15 @@ class FlowTask(Task):
         ctx = make_eval_context(cfg, data.val.vectors, data.test.vectors, data.stats, run)
         return Built(model=model, train_data=data.train.tensors(), eval_context=ctx)
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Augmentation, noise, its pairing and times are drawn once per optimizer step, on the whole batch,
+        so that gradient accumulation splits the same draws (and OT pairs within the whole batch)."""
         x1 = augment(batch["x1"], self.aug, self.std)
-        return {"loss": flow_matching_loss(model, x1, self.flow)}
+        x0 = pair_noise(torch.randn_like(x1), x1, self.flow)
+        return {"x1": x1, "x0": x0, "t": torch.rand_like(x1[:, :1])}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"loss": squared_errors(model, batch["x0"], batch["x1"], batch["t"]).mean()}
 
     def evaluate(self, model: nn.Module, ctx: FlowEval) -> dict[str, float]:
         swd = sample_distance(model, ctx, ctx.sample_noise)

@@ -1,0 +1,112 @@
+"""Warm starts: a new run that begins from another run's weights ([init] / --init-from / init_from=).
+
+The source may be a run folder (its last, best or EMA weights), an epochal
+checkpoint (.pt, loaded with weights_only and its checksum when it is in a
+manifest), a plain state dict saved with torch.save, or a .safetensors file.
+With ``strict = false`` what matches is loaded and the missing and unexpected
+keys are reported; the parent, its weights hash and those keys go to env.json.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+from torch import nn
+
+from epochal.checkpoint import load_file, payload_states, read_checkpoint, tensors_sha256
+from epochal.config import InitConfig
+from epochal.errors import CheckpointError, ConfigError
+
+ALLOWED = "a run folder, a .pt checkpoint or a .safetensors file"
+RUN_WEIGHTS = {"last": "last.pt", "best": "best.pt", "ema": "model_ema.safetensors"}
+
+
+def warm_start(model: nn.Module, init: InitConfig, log: Callable[[str], None]) -> dict | None:
+    """Load ``init.path``'s weights into ``model`` and freeze ``init.freeze``; the provenance record, or None."""
+    record = None
+    if init.path:
+        state, parent = _source_weights(Path(init.path), init.weights)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=init.strict)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise ConfigError(f"init.path: {init.path} does not fit the model ({first}); allowed: matching "
+                              "weights, or init.strict = false to load what matches") from None
+        if missing or unexpected:
+            log(f"warm start from {init.path}: {len(missing)} missing keys {missing[:5]}, "
+                f"{len(unexpected)} unexpected keys {unexpected[:5]}")
+        record = {"path": str(Path(init.path).resolve()), "weights": init.weights, "parent": parent,
+                  "weights_sha256": tensors_sha256(state), "missing_keys": missing, "unexpected_keys": unexpected}
+    frozen = freeze(model, init.freeze)
+    if frozen:
+        record = {**(record or {}), "frozen": frozen}
+    return record
+
+
+def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Turn off gradients of the parameters whose names match a pattern; every pattern must match one."""
+    names = [name for name, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise ConfigError(f"init.freeze: {pattern!r} matches no parameter; allowed: patterns over "
+                              f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}")
+    frozen = [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    for name, param in model.named_parameters():
+        if name in frozen:
+            param.requires_grad_(False)
+    return frozen
+
+
+def _source_weights(path: Path, which: str) -> tuple[dict[str, torch.Tensor], dict | None]:
+    if path.is_dir():
+        return _run_weights(path, which)
+    if not path.exists():
+        raise ConfigError(f"init.path: {path} does not exist; allowed: {ALLOWED}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_safetensors(str(path)), None
+        except (SafetensorError, OSError) as err:
+            raise ConfigError(f"init.path: {path} is not a readable safetensors file ({err})") from None
+    try:
+        payload = load_file(path)
+    except CheckpointError as err:
+        raise ConfigError(f"init.path: {err}") from None
+    return _model_state(payload, path), None
+
+
+def _model_state(payload: dict, path: Path) -> dict[str, torch.Tensor]:
+    """An epochal checkpoint's model weights, or a plain state dict as it is."""
+    if isinstance(payload, dict) and "format" in payload:
+        return payload_states(payload)["model"]
+    if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload
+    raise ConfigError(f"init.path: {path} holds neither an epochal checkpoint nor a state dict; allowed: {ALLOWED}")
+
+
+def _run_weights(folder: Path, which: str) -> tuple[dict[str, torch.Tensor], dict]:
+    checkpoints = folder / "checkpoints"
+    if not checkpoints.is_dir():
+        raise ConfigError(f"init.path: {folder} is not a run folder (no checkpoints/); allowed: {ALLOWED}")
+    name = RUN_WEIGHTS[which]
+    try:
+        if name.endswith(".safetensors"):
+            if not (checkpoints / name).exists():
+                raise ConfigError(f"init.weights: {folder} has no EMA weights ({name}); allowed: last, best")
+            state = load_safetensors(str(checkpoints / name))
+        else:
+            state = _model_state(read_checkpoint(checkpoints, name), checkpoints / name)
+    except CheckpointError as err:
+        raise ConfigError(f"init.weights: {err}; allowed: last, best or ema weights the run kept") from None
+    result = folder / "result.json"
+    parent = {"run_dir": str(folder.resolve())}
+    if result.exists():
+        summary = json.loads(result.read_text())
+        parent.update({key: summary.get(key) for key in ("experiment_id", "task", "status")})
+        parent["config_hash"] = summary.get("metadata", {}).get("config_hash")
+    return state, parent
