@@ -6,6 +6,12 @@ total = lambda_next * loss_next + lambda_class * loss_class + lambda_state * los
 Each component is the mean cross-entropy over the positions its mask keeps
 (see dataset.py for which those are); the components are returned unweighted
 so that their curves compare across weightings. Everything stays on the device.
+
+Under gradient accumulation each component must be divided by the whole batch's
+count of kept positions, not a micro-batch's: ``normalisers`` (the task's
+``prepare_batch``) attaches those counts to every example before the batch is
+split, and ``multitask_terms`` returns (sum, count) pairs that add up over
+micro-batches to exactly the whole batch's loss.
 """
 
 from __future__ import annotations
@@ -29,25 +35,47 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch
 
     A batch with no kept position gives 0 (not NaN), without a host synchronisation.
     """
+    total, count = masked_cross_entropy_sum(logits, target, mask)
+    return total / count.clamp_min(1)
+
+
+COMPONENTS = ("next", "class", "state")
+
+
+def masked_cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+    """(sum of cross-entropies over the kept positions, their count)."""
     per_position = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="none")
     kept = mask.flatten()
-    return (per_position * kept).sum() / kept.sum().clamp_min(1)
+    return (per_position * kept).sum(), kept.sum()
+
+
+def normalisers(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, 4]: every row holds the whole batch's kept-position counts per component and its size B."""
+    size = len(batch["tokens"])
+    counts = [batch[f"{name}_mask"].sum().clamp_min(1) for name in COMPONENTS]
+    row = torch.stack([*counts, torch.as_tensor(size, device=counts[0].device)]).float()
+    return row.expand(size, -1)
+
+
+def multitask_terms(
+    outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: LossWeights, l1: torch.Tensor
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(sum, count) pairs of "loss", "loss_next", "loss_class", "loss_state" and "l1" whose totals over
+    the micro-batches of a batch, sum over count, are that batch's ``multitask_loss``."""
+    norm = batch["normalisers"][0] if "normalisers" in batch else normalisers(batch)[0]
+    size = len(batch["tokens"])
+    pairs = {f"loss_{name}": masked_cross_entropy_sum(outputs[name], batch[f"{name}_target"], batch[f"{name}_mask"])
+             for name in COMPONENTS}
+    lambdas = (weights.next, weights.cls, weights.state)
+    # Each component's share of the whole batch's mean, so that micro-batches add up.
+    weighted = sum(lam * pairs[f"loss_{name}"][0] / norm[i] for i, (lam, name) in enumerate(zip(lambdas, COMPONENTS)))
+    per_example = torch.as_tensor(size, device=norm.device)
+    total = (norm[3] * weighted + size * weights.l1 * l1.float(), per_example)
+    return {"loss": total, **pairs, "l1": (size * l1.float(), per_example)}
 
 
 def multitask_loss(
     outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: LossWeights, l1: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """{"loss": weighted total, "loss_next", "loss_class", "loss_state", "l1"}: 0-dim tensors."""
-    components = {
-        "loss_next": masked_cross_entropy(outputs["next"], batch["next_target"], batch["next_mask"]),
-        "loss_class": masked_cross_entropy(outputs["class"], batch["class_target"], batch["class_mask"]),
-        "loss_state": masked_cross_entropy(outputs["state"], batch["state_target"], batch["state_mask"]),
-        "l1": l1.float(),
-    }
-    total = (
-        weights.next * components["loss_next"]
-        + weights.cls * components["loss_class"]
-        + weights.state * components["loss_state"]
-        + weights.l1 * components["l1"]
-    )
-    return {"loss": total, **components}
+    """{"loss": weighted total, "loss_next", "loss_class", "loss_state", "l1"}: 0-dim tensors of one batch."""
+    return {name: total / count.clamp_min(1) for name, (total, count) in multitask_terms(outputs, batch, weights, l1).items()}

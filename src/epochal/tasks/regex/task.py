@@ -21,7 +21,7 @@ from epochal.tasks.regex.data import LabelledStrings, SplitSizes, make_splits
 from epochal.tasks.regex.dataset import Vocab, encode_split
 from epochal.tasks.regex.fsm import DFA, SUPPORTED_SYNTAX, PatternError, compile_regex
 from epochal.tasks.regex.hooks import CaptureInternals
-from epochal.tasks.regex.losses import LossWeights, multitask_loss
+from epochal.tasks.regex.losses import LossWeights, multitask_terms, normalisers
 from epochal.tasks.regex.metrics import evaluate_split
 from epochal.tasks.regex.model import RegexTransformer
 
@@ -135,8 +135,11 @@ class RegexTask(Task):
         context = RegexEvalContext(dfa, vocab, held_out, cfg.eval_batch_size, cfg.length_bin_width)
         return Built(model=model, train_data=train, eval_context=context)
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return multitask_loss(model(batch["tokens"]), batch, self.weights, model.l1_u)
+    def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {**batch, "normalisers": normalisers(batch)}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, tuple]:
+        return multitask_terms(model(batch["tokens"]), batch, self.weights, model.l1_u)
 
     def evaluate(self, model: nn.Module, ctx: RegexEvalContext) -> dict[str, float]:
         return evaluate_split(model, ctx.splits["val"], "val", ctx.batch_size)
