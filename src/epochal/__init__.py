@@ -1,10 +1,44 @@
-"""epochal: reproducible, fast PyTorch training with one self-describing folder per run."""
+"""epochal: reproducible, fast PyTorch training with one self-describing folder per run.
 
-__version__ = "0.1.0"
+The public names load on first use (PEP 562), so that ``import epochal`` and the
+command line's ``--help``, ``--version`` and ``tasks`` do not pay for importing torch.
+"""
 
-from epochal.callbacks.base import Callback  # noqa: E402
-from epochal.config import RunConfig  # noqa: E402
-from epochal.loop import FitResult, fit  # noqa: E402
-from epochal.tasks import Built, RunContext, Task, register_task  # noqa: E402
+from __future__ import annotations
 
-__all__ = ["Built", "Callback", "FitResult", "RunConfig", "RunContext", "Task", "fit", "register_task", "__version__"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from epochal._version import __version__
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
+    from epochal.callbacks.base import Callback
+    from epochal.config import RunConfig
+    from epochal.loop import FitResult, fit
+    from epochal.tasks import Built, RunContext, Task, register_task
+
+_EXPORTS = {  # public name -> the module that defines it
+    "Built": "epochal.tasks",
+    "Callback": "epochal.callbacks.base",
+    "FitResult": "epochal.loop",
+    "RunConfig": "epochal.config",
+    "RunContext": "epochal.tasks",
+    "Task": "epochal.tasks",
+    "fit": "epochal.loop",
+    "register_task": "epochal.tasks",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'epochal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
