@@ -162,7 +162,7 @@ def test_an_untracked_install_inside_a_repository_uses_its_build_stamp(checkout)
 def test_no_checkout_and_no_stamp_is_unknown_with_the_reason(tmp_path):
     info = provenance.git_info(tmp_path)
     assert info["commit"] == "unknown" and info["source"] is None
-    assert "not in a git checkout" in info["reason"] and "no build stamp" in info["reason"]
+    assert "git finds no checkout" in info["reason"] and "no build stamp" in info["reason"]
     (tmp_path / provenance.BUILD_INFO).write_text(json.dumps({"commit": None, "reason": "built from a tarball"}))
     assert "built from a tarball" in provenance.git_info(tmp_path)["reason"]
 

@@ -50,7 +50,7 @@ def git_info(package_dir: Path = PACKAGE_DIR) -> dict:
 
 def _checkout_commit(package_dir: Path) -> tuple[dict | None, str]:
     if _git("rev-parse", "--show-toplevel", cwd=package_dir) is None:
-        return None, f"{package_dir} is not in a git checkout"
+        return None, f"git finds no checkout holding {package_dir} (or git is missing)"
     # An installed package inside someone's repository (a .venv in a project) is
     # not that repository's code: only files git tracks count.
     if not (_git("ls-files", "--", ".", cwd=package_dir) or "").strip():
