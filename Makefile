@@ -2,23 +2,26 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Every install takes the exact versions of constraints.txt (pyproject.toml only
+# states the ranges epochal works with).
+PIP := $(BIN)/python -m pip install -q -c constraints.txt
 
 .PHONY: demo test bench clean
 
 # torch is installed on its own first so that pip takes the pinned CPU wheel
 # instead of resolving a newer CUDA build.
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e .
+	$(PIP) torch==2.13.0
+	$(PIP) -e .
 	touch $@
 
 $(BIN)/.dev-installed: $(BIN)/.installed
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(PIP) -e '.[dev,plots]'
 	touch $@
 
 $(BIN)/.bench-installed: $(BIN)/.dev-installed
-	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(PIP) -e '.[bench]'
 	touch $@
 
 demo: $(BIN)/.installed
@@ -31,4 +34,4 @@ bench: $(BIN)/.bench-installed
 	$(BIN)/python benchmarks/loop_overhead.py
 
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) results build dist

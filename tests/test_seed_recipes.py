@@ -1,4 +1,4 @@
-"""configs/walks-seed.toml and configs/flow-seed.toml resolve to every value their seeds state."""
+"""The walks-seed and flow-seed recipes resolve to every value their seeds state."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import pytest
 from epochal.config import load_toml
 from epochal.resolve import resolve
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "epochal" / "recipes"
 
 # (setting, the seed's value, where the seed states it)
 WALKS_SEED = [

@@ -1,13 +1,51 @@
-"""epochal: reproducible, fast PyTorch training with one self-describing folder per run."""
+"""epochal: reproducible, fast PyTorch training with one self-describing folder per run.
 
-__version__ = "0.1.0"
+The public names load on first use (PEP 562), so that ``import epochal`` and the
+command line's ``--help``, ``--version`` and ``tasks`` do not pay for importing torch.
+"""
 
-from epochal.api import Result, run  # noqa: E402
-from epochal.callbacks.base import Callback  # noqa: E402
-from epochal.config import RunConfig  # noqa: E402
-from epochal.decisions import Continue, RollBack, Save, Stop  # noqa: E402
-from epochal.script import fit  # noqa: E402
-from epochal.tasks import Built, RunContext, Task, register_task  # noqa: E402
+from __future__ import annotations
 
-__all__ = ["Built", "Callback", "Continue", "Result", "RollBack", "RunConfig", "RunContext", "Save", "Stop", "Task",
-           "fit", "register_task", "run", "__version__"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from epochal._version import __version__
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
+    from epochal.api import Result, run
+    from epochal.callbacks.base import Callback
+    from epochal.config import RunConfig
+    from epochal.decisions import Continue, RollBack, Save, Stop
+    from epochal.script import fit
+    from epochal.tasks import Built, RunContext, Task, register_task
+
+_EXPORTS = {  # public name -> the module that defines it
+    "Built": "epochal.tasks",
+    "Callback": "epochal.callbacks.base",
+    "Continue": "epochal.decisions",
+    "Result": "epochal.api",
+    "RollBack": "epochal.decisions",
+    "RunConfig": "epochal.config",
+    "RunContext": "epochal.tasks",
+    "Save": "epochal.decisions",
+    "Stop": "epochal.decisions",
+    "Task": "epochal.tasks",
+    "fit": "epochal.script",
+    "register_task": "epochal.tasks",
+    "run": "epochal.api",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'epochal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,8 +1,11 @@
-"""The ``epochal`` command: run, resume, show, tasks, audit.
+"""The ``epochal`` command: run, resume, show, tasks, recipe, audit.
 
 Bad input ends with one line on stderr naming what is wrong and what is
 allowed, exit code 2 for a bad config or argument, 1 for other errors, and no
 traceback. A preempted run exits with 75 after saving a checkpoint.
+
+Each command imports what it needs when it runs: ``--help``, ``--version``,
+``tasks`` and ``recipe`` answer without importing torch or any task.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from epochal._version import __version__
 from epochal.errors import ConfigError, EpochalError
 
 SHORTHANDS = {  # flag -> dotted config key
@@ -31,7 +35,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE.toml", help="TOML recipe (see configs/)")
+    p.add_argument("--config", metavar="RECIPE|FILE.toml",
+                   help="a shipped recipe by name (`epochal tasks` lists them) or a TOML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting; repeatable; the value is read as TOML")
     p.add_argument("--epochs", type=int, help="train.max_epochs")
@@ -48,6 +53,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="epochal", description="Reproducible, fast PyTorch training; one folder per run.")
+    parser.add_argument("--version", action="version", version=f"epochal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="train a task")
@@ -68,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="summarise a run folder")
     show.add_argument("run_dir")
 
-    sub.add_parser("tasks", help="list the registered tasks")
+    sub.add_parser("tasks", help="list the built-in tasks and their recipes")
+
+    recipe = sub.add_parser("recipe", help="print a shipped recipe, comments included (epochal recipe NAME > my.toml)")
+    recipe.add_argument("name", help="a recipe name, as `epochal tasks` lists them")
 
     audit = sub.add_parser("audit", help="prove determinism and exact resume for a config")
     audit.add_argument("task")
@@ -162,10 +171,22 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from epochal.tasks import get_task, task_names
+    # The static catalog, not the registry: listing must not import the tasks (and torch).
+    from epochal import recipes
+    from epochal.tasks.catalog import BUILTIN_TASKS
 
-    for name in task_names():
-        print(f"{name:12s} {get_task(name).summary}")
+    grouped = recipes.by_task()
+    for name, entry in BUILTIN_TASKS.items():
+        print(f"{name:12s} {entry.summary}")
+        shipped = ", ".join(grouped.get(name, [])) or "none; the task's defaults apply"
+        print(f"{'':12s} recipes: {shipped}")
+    return 0
+
+
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from epochal import recipes
+
+    sys.stdout.write(recipes.text(args.name))
     return 0
 
 
@@ -176,7 +197,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
                  args.experiment_id or "audit")
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "tasks": cmd_tasks, "audit": cmd_audit}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "tasks": cmd_tasks, "recipe": cmd_recipe,
+            "audit": cmd_audit}
 
 
 def main(argv: list[str] | None = None) -> int:

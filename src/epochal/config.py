@@ -337,13 +337,14 @@ def dotted_to_nested(overrides: dict[str, Any]) -> dict:
 
 
 def load_toml(path: str | Path) -> dict:
+    """The settings in a TOML file, or in a shipped recipe when ``path`` is a recipe name (``flow-moons``)."""
+    from epochal.recipes import read_config
+
+    label, text = read_config(path)
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"--config {path}: not valid TOML ({err})") from None
+        raise ConfigError(f"--config {label}: not valid TOML ({err})") from None
 
 
 def layered_task_name(layers: list[dict]) -> str | None:

@@ -1,10 +1,10 @@
-"""Where a run came from: code version, packages, hardware, command line (env.json)."""
+"""Where a run came from: code version and commit, packages, hardware, command line (env.json)."""
 
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import hashlib
+import json
 import os
 import platform
 import socket
@@ -15,6 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from epochal._version import __version__
+
+# Written into the package when a wheel or sdist is built (see setup.py): the commit
+# of an installed epochal, which has no .git to ask.
+BUILD_INFO = "_build_info.json"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
 
 def _git(*args: str, cwd: Path) -> str | None:
     try:
@@ -24,18 +31,53 @@ def _git(*args: str, cwd: Path) -> str | None:
     return out.stdout.decode(errors="replace")
 
 
-def git_info(cwd: Path | None = None) -> dict:
-    """Commit and dirtiness of the repository holding the working directory (or epochal's source)."""
-    cwd = cwd or Path.cwd()
-    commit = _git("rev-parse", "HEAD", cwd=cwd)
+def git_info(package_dir: Path = PACKAGE_DIR) -> dict:
+    """The commit of the epochal code that runs, whatever the working directory.
+
+    From the git checkout that holds the code (commit, dirty flag, hash of
+    ``git diff HEAD``); else the commit stamped into the installed package at
+    build time; else ``"unknown"`` with the reason.
+    """
+    checkout, why_not_checkout = _checkout_commit(package_dir)
+    if checkout is not None:
+        return checkout
+    stamp, why_not_stamp = _stamped_commit(package_dir)
+    if stamp is not None:
+        return stamp
+    return {"commit": "unknown", "dirty": None, "diff_sha256": None, "source": None,
+            "reason": f"{why_not_checkout}; {why_not_stamp}"}
+
+
+def _checkout_commit(package_dir: Path) -> tuple[dict | None, str]:
+    if _git("rev-parse", "--show-toplevel", cwd=package_dir) is None:
+        return None, f"git finds no checkout holding {package_dir} (or git is missing)"
+    # An installed package inside someone's repository (a .venv in a project) is
+    # not that repository's code: only files git tracks count.
+    if not (_git("ls-files", "--", ".", cwd=package_dir) or "").strip():
+        return None, f"git does not track {package_dir}"
+    commit = _git("rev-parse", "HEAD", cwd=package_dir)
     if commit is None:
-        return {"commit": None, "dirty": None, "diff_sha256": None}
-    diff = _git("diff", "HEAD", cwd=cwd) or ""
+        return None, f"the checkout holding {package_dir} has no commit yet"
+    diff = _git("diff", "HEAD", cwd=package_dir) or ""
     return {
         "commit": commit.strip(),
         "dirty": bool(diff),
         "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
-    }
+        "source": "checkout",
+    }, ""
+
+
+def _stamped_commit(package_dir: Path) -> tuple[dict | None, str]:
+    try:
+        info = json.loads((package_dir / BUILD_INFO).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, "the package has no build stamp (not built by its setup.py)"
+    except (OSError, ValueError) as err:
+        return None, f"the package's build stamp is unreadable ({err})"
+    if not info.get("commit"):
+        return None, f"the package was built without a commit: {info.get('reason', 'no reason recorded')}"
+    return {"commit": info["commit"], "dirty": info.get("dirty"), "diff_sha256": info.get("diff_sha256"),
+            "source": "build stamp"}, ""
 
 
 def device_info(device: torch.device) -> dict:
@@ -66,7 +108,7 @@ def _nvidia_driver() -> str | None:
 
 def collect(device: torch.device, seed: int) -> dict:
     return {
-        "epochal": importlib.metadata.version("epochal"),
+        "epochal": __version__,
         "git": git_info(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,

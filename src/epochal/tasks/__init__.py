@@ -32,13 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-import numpy as np
-import torch
-from torch import nn
-
 from epochal.errors import ConfigError
+from epochal.tasks.catalog import BUILTIN_TASKS
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch and numpy load with the first task, not with `epochal tasks`
+    import numpy as np
+    import torch
+    from torch import nn
+
     from epochal.callbacks.base import Callback
     from epochal.config import RunConfig
 
@@ -72,10 +73,14 @@ class RunContext:
 
     def numpy_rng(self, purpose: str) -> np.random.Generator:
         """A generator seeded by (seed, purpose): data made with it does not depend on call order."""
+        import numpy as np
+
         return np.random.default_rng([self.seed, *purpose.encode()])
 
     def torch_generator(self, purpose: str, device: torch.device | str = "cpu") -> torch.Generator:
         """A torch generator seeded by (seed, purpose)."""
+        import torch
+
         seed = int(self.numpy_rng(purpose).integers(2**62))
         return torch.Generator(device=device).manual_seed(seed)
 
@@ -126,13 +131,7 @@ class Task:
         return []
 
 
-_REGISTRY: dict[str, type[Task] | str] = {
-    "walks": "epochal.tasks.walks.task:WalksTask",
-    "regex": "epochal.tasks.regex.task:RegexTask",
-    "flow": "epochal.tasks.flow.task:FlowTask",
-    "scratch-mlp": "epochal.scratch.task:ScratchMLPTask",
-    "toy": "epochal.tasks.toy:ToyTask",
-}
+_REGISTRY: dict[str, type[Task] | str] = {name: entry.target for name, entry in BUILTIN_TASKS.items()}
 
 
 def register_task(task: type[Task], name: str | None = None) -> type[Task]:

@@ -2,12 +2,12 @@
 
 import json
 import tomllib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from epochal import recipes
 from epochal.checkpoint import CheckpointStore
 from epochal.resolve import resolve
 from epochal.errors import ConfigError
@@ -16,7 +16,6 @@ from epochal.tasks.flow.data import STATS_FILE, NormStats
 from epochal.tasks.flow.task import PLOT_FILE, FlowConfig
 
 REQUIRED = {"arch": "mlp", "flow": "icfm", "dataset": "moons", "aug": "none"}
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
 def config_layer(**task):
@@ -65,9 +64,9 @@ def test_impossible_settings(task, message):
         resolve("flow", [config_layer(**task)])
 
 
-@pytest.mark.parametrize("name", ["flow-moons.toml", "flow-8gaussians.toml"])
+@pytest.mark.parametrize("name", ["flow-moons", "flow-8gaussians"])
 def test_recipes_resolve(name):
-    config = resolve(None, [tomllib.loads((CONFIGS / name).read_text())])
+    config = resolve(None, [tomllib.loads(recipes.text(name))])
     assert config.task_name == "flow" and config.group and config.ema.enabled
 
 

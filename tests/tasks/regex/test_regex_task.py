@@ -1,10 +1,10 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file as load_safetensors
 
+from epochal import recipes
 from epochal import run as fit
 from epochal.checkpoint import load_file, payload_states
 from epochal.config import load_toml
@@ -57,9 +57,9 @@ def test_defaults_stop_early_and_keep_best_by_validation_class_accuracy():
 
 
 def test_recipes_load():
-    recipes = sorted(Path(__file__).parents[3].joinpath("configs").glob("regex-*.toml"))
-    assert len(recipes) >= 2
-    for recipe in recipes:
+    names = recipes.by_task()["regex"]
+    assert len(names) >= 2
+    for recipe in names:
         config = resolve(None, [load_toml(recipe)])
         assert config.task_name == "regex" and config.early_stop.metric == "val_class_acc", recipe
 

@@ -1,7 +1,6 @@
 import json
 import os
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,16 +51,13 @@ def test_defaults_carry_the_seed_recipe():
     assert config.task.eval_sequences == 1000
 
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
-
-
 def test_the_default_recipe_file_spells_out_the_defaults():
-    from_file = resolve(None, [load_toml(CONFIGS / "walks.toml")])
+    from_file = resolve(None, [load_toml("walks")])
     assert from_file.to_dict() == resolve("walks", []).to_dict()
 
 
 def test_the_large_recipe_is_research_sized():
-    large = resolve(None, [load_toml(CONFIGS / "walks-large.toml")])
+    large = resolve(None, [load_toml("walks-large")])
     assert large.task.n_vertices >= 500 and large.task.context == 64 and large.task.walk_length == 256
     assert large.gate.above == {"edge_compliance": 0.95, "rule_compliance": 0.80}
     assert large.optim.lr == 3e-4 and large.train.batch_size == 64

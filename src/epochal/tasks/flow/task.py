@@ -170,7 +170,7 @@ class FlowTask(Task):
     summary = "conditional flow matching on 2-D/8-D vectors; sample quality by sliced Wasserstein vs a floor"
     Config = FlowConfig
     metrics = ("val_fm_loss", "sample_swd", "swd_floor", "swd_ratio")
-    # Seed 004's locked settings. The CPU recipes in configs/flow-*.toml shorten
+    # Seed 004's locked settings. The CPU recipes flow-moons and flow-8gaussians shorten
     # warmup and EMA decay to fit runs of a few thousand steps.
     defaults = {
         "train": {"grad_clip": 1.0},

@@ -1,0 +1,66 @@
+"""The recipes that ship with epochal: commented TOML configs, found by name.
+
+``flow-moons`` is ``epochal/recipes/flow-moons.toml`` inside the installed
+package, read through importlib.resources so that it is there whether epochal
+runs from a checkout or from a wheel. ``epochal recipe NAME > my.toml`` writes
+a copy to edit; ``--config`` takes a recipe name or a file path.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+from epochal.errors import ConfigError
+
+SUFFIX = ".toml"
+
+
+def _folder() -> Traversable:
+    return resources.files(__name__)
+
+
+def names() -> list[str]:
+    """Every shipped recipe, sorted."""
+    return sorted(entry.name.removesuffix(SUFFIX) for entry in _folder().iterdir()
+                  if entry.name.endswith(SUFFIX) and entry.is_file())
+
+
+def text(name: str) -> str:
+    """A recipe's file exactly as shipped, comments included."""
+    entry = _folder().joinpath(name + SUFFIX)
+    if "/" in name or not entry.is_file():
+        raise ConfigError(f"recipe {name!r}: no such recipe; recipes: {', '.join(names())}")
+    return entry.read_text(encoding="utf-8")
+
+
+def task_of(name: str) -> str | None:
+    """The task a recipe is for: its ``[task] name`` (or ``task = "name"``)."""
+    table = tomllib.loads(text(name)).get("task")
+    return table.get("name") if isinstance(table, dict) else table
+
+
+def by_task() -> dict[str | None, list[str]]:
+    """Recipe names grouped by the task they configure."""
+    grouped: dict[str | None, list[str]] = {}
+    for name in names():
+        grouped.setdefault(task_of(name), []).append(name)
+    return grouped
+
+
+def read_config(source: str | Path) -> tuple[str, str]:
+    """(how to name it in messages, text) of ``--config``: an existing file, else a recipe name.
+
+    A file wins over a recipe of the same name, so a local edit is never shadowed.
+    """
+    path = Path(source)
+    if path.is_file():
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--config {path}: cannot be read ({err})") from None
+    if str(source) in names():
+        return f"{source} (recipe)", text(str(source))
+    raise ConfigError(f"--config {source}: no such file or recipe; recipes: {', '.join(names())}")
