@@ -66,8 +66,8 @@ before = 'torch' in sys.modules
 import epochal.provenance
 cycle = 'epochal.loop' in sys.modules
 from epochal import Task, fit
-import epochal.loop, epochal.tasks
-print(before, cycle, fit is epochal.loop.fit, Task is epochal.tasks.Task, sorted(set(epochal.__all__) - set(dir(epochal))))
+import epochal.script, epochal.tasks
+print(before, cycle, fit is epochal.script.fit, Task is epochal.tasks.Task, sorted(set(epochal.__all__) - set(dir(epochal))))
 """).stdout
     assert out.split() == ["False", "False", "True", "True", "[]"]
     for name in epochal.__all__:

@@ -7,7 +7,8 @@ import pytest
 
 from epochal import recipes
 from epochal.cli import main
-from epochal.config import load_toml, resolve
+from epochal.config import load_toml
+from epochal.resolve import resolve
 from epochal.errors import ConfigError
 from epochal.tasks.catalog import BUILTIN_TASKS
 
