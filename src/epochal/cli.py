@@ -8,7 +8,6 @@ traceback. A preempted run exits with 75 after saving a checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -41,7 +40,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels (train.deterministic)")
     p.add_argument("--out", help="results folder (default: results)")
-    p.add_argument("--id", dest="experiment_id", help="run folder name (default: <task>-<timestamp>)")
+    p.add_argument("--id", dest="experiment_id", help="run folder name: A-Z a-z 0-9 . _ -, not starting with '.', "
+                   "at most 100 characters (default: <task>-<timestamp>-<random>)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,14 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--resume", choices=["never", "auto"], default="never",
                      help="auto: continue the run folder of the same id if it has a checkpoint")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same id")
-    run.add_argument("--force", action="store_true", help="resume even if the config differs from the checkpoint's")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an existing run folder of the same id (only a folder epochal made)")
+    run.add_argument("--force", action="store_true",
+                     help="resume with changed settings that can change mid-run (see README); refuse others")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     resume = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
     resume.add_argument("run_dir")
     resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    resume.add_argument("--force", action="store_true", help="accept settings that differ from the checkpoint's")
+    resume.add_argument("--force", action="store_true",
+                        help="apply changed settings that can change mid-run (see README); refuse others")
     resume.add_argument("--no-progress", action="store_true")
 
     show = sub.add_parser("show", help="summarise a run folder")
@@ -105,10 +108,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from epochal.config import dotted_to_nested, load_toml, resolve
     from epochal.loop import fit
 
+    from epochal.records import check_name
+
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.toml").exists():
-        raise EpochalError(f"{run_dir}: not a run folder (no config.toml)")
-    config = resolve(None, [load_toml(run_dir / "config.toml"), dotted_to_nested(_overrides(args))])
+        raise EpochalError(f"{run_dir}: not a run folder (no config.toml); allowed: a folder made by `epochal run`")
+    config = resolve(None, [load_toml(run_dir / "config.toml", label=""), dotted_to_nested(_overrides(args))])
+    check_name(f"{run_dir}: folder name", run_dir.resolve().name)
     # The folder may have moved or been renamed since: it is where the run lives now.
     run_dir = run_dir.resolve()
     config.experiment_id, config.out_dir = run_dir.name, str(run_dir.parents[1 if config.group else 0])
@@ -117,15 +123,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from epochal.records import check_result, read_json
+
     run_dir = Path(args.run_dir)
     path = run_dir / "result.json"
     if not path.exists():
         raise EpochalError(f"{run_dir}: no result.json; allowed: a run folder made by `epochal run`")
-    try:
-        result = json.loads(path.read_text())
-    except ValueError as err:
-        raise EpochalError(f"{path}: not valid JSON ({err})") from None
-    meta = result.get("metadata", {})
+    result = check_result(read_json(path, "a result.json written by epochal"), path)
+    meta = result["metadata"]
     print(f"{run_dir}: {result['task']}  status {result['status']}  ({meta.get('stop_reason', '')})")
     print(f"epochs {result['epochs']}  steps {result['steps']}  train seconds {meta.get('train_seconds')}")
     if result["curves"].get("train_loss"):
@@ -134,18 +139,25 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"final {name} {value}")
     best = result.get("best")
     if best and best.get("epoch"):
-        print(f"best {best['metric']} {best['value']} at epoch {best['epoch']}")
+        print(f"best {best.get('metric')} {best.get('value')} at epoch {best['epoch']}")
     if "gate_passed" in meta:
-        print(f"gate ({meta['gate']}): {'passed at epoch ' + str(meta['gate_epoch']) if meta['gate_passed'] else 'not passed'}")
-    tested = result.get("test", {})
-    if tested:
-        names = list(next(iter(tested.values())))
+        print(f"gate ({meta.get('gate')}): {'passed at epoch ' + str(meta.get('gate_epoch')) if meta['gate_passed'] else 'not passed'}")
+    tested = {split: values for split, values in result.get("test", {}).items() if isinstance(values, dict)}
+    names = list(next(iter(tested.values()), {}))
+    if names:
         width = max(len(name) for name in names)
         print(f"{'test metric':{width}s}  " + "  ".join(f"{split + ' weights':>12s}" for split in tested))
         for name in names:
-            print(f"{name:{width}s}  " + "  ".join(f"{tested[split].get(name, float('nan')):12.4g}" for split in tested))
+            print(f"{name:{width}s}  " + "  ".join(_cell(tested[split].get(name)) for split in tested))
     print(f"checkpoints in {run_dir / 'checkpoints'}: {', '.join(result.get('checkpoints', [])) or 'none'}")
     return 0
+
+
+def _cell(value) -> str:
+    """A table cell: a number to 4 significant digits; anything else (null for a non-finite value) as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:12.4g}"
+    return f"{str(value):>12s}"
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -178,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     except EpochalError as err:
         print(f"epochal: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a file operation no layer above named: still one line, not a traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"epochal: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("epochal: aborted; checkpoints written before the interrupt are intact", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -211,6 +212,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it in that type or raise naming ``key``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if isinstance(value, dict) and origin is not dict and not dataclasses.is_dataclass(tp) and value:
+        # `--set train.max_epochs.foo=1` arrives as a table where a value belongs
+        raise ConfigError(f"{key}.{next(iter(value))}: {key} is a setting, not a section; "
+                          f"allowed: {key} = <{_type_name(tp)}>")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, args))}")
@@ -235,6 +240,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):  # nan/inf would only fail steps later, inside torch
+            raise ConfigError(f"{key}: {value} is not a finite number; allowed: a finite float")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -261,6 +268,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def build_dataclass(cls: type, data: dict, section: str) -> Any:
     """An instance of ``cls`` from a dict: unknown keys, wrong types and missing fields name the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section}: expected a table of settings ([{section}]), got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -306,26 +315,41 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def dotted_to_nested(overrides: dict[str, Any]) -> dict:
+    """{"a.b": 1} -> {"a": {"b": 1}}; a key that is both a setting and a section is an error, in either order."""
     nested: dict = {}
     for key, value in overrides.items():
-        *parents, leaf = key.split(".")
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"{key}: empty part in a dotted key; allowed: section.key")
+        *parents, leaf = parts
         node = nested
-        for part in parents:
+        for i, part in enumerate(parents):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {part} is a setting, not a section")
+                raise ConfigError(f"{key}: {'.'.join(parts[: i + 1])} is a setting, not a section")
+        if isinstance(node.get(leaf), dict) and not isinstance(value, dict):
+            inner = f"{key}.{next(iter(node[leaf]))}" if node[leaf] else key
+            raise ConfigError(f"{inner}: {key} is a setting, not a section")
         node[leaf] = value
     return nested
 
 
-def load_toml(path: str | Path) -> dict:
+def load_toml(path: str | Path, label: str = "--config") -> dict:
+    """The parsed file; one ConfigError naming it if it is missing, a folder, unreadable, not UTF-8 or not TOML."""
+    where = f"{label} {path}" if label else str(path)
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
+        raise ConfigError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: a folder, not a file; allowed: a TOML file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {err.start}); allowed: a UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"--config {path}: not valid TOML ({err})") from None
+        raise ConfigError(f"{where}: not valid TOML ({err})") from None
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot read ({err.strerror})") from None
 
 
 def resolve(task_name: str | None, layers: list[dict]) -> RunConfig:
@@ -334,6 +358,7 @@ def resolve(task_name: str | None, layers: list[dict]) -> RunConfig:
 
     data = {}
     for layer in layers:
+        _check_section_values(layer)
         data = merge(data, layer)
     task_table = data.pop("task", {})
     if isinstance(task_table, str):  # `task = "walks"` without settings is a name
@@ -362,6 +387,13 @@ def resolve(task_name: str | None, layers: list[dict]) -> RunConfig:
 
 
 _SECTIONS = {name: tp for name, tp in typing.get_type_hints(RunConfig).items() if dataclasses.is_dataclass(tp)}
+
+
+def _check_section_values(layer: dict) -> None:
+    """A scalar where a section belongs (`train = 5`) is an error, before a later layer could hide it by merging."""
+    for name in _SECTIONS:
+        if name in layer and not isinstance(layer[name], dict):
+            raise ConfigError(f"{name}: expected a table of settings ([{name}]), got {layer[name]!r}")
 
 
 def _default_best_metric(config: RunConfig) -> None:

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from epochal import force as force_rules
 from epochal import provenance
 from epochal.callbacks.base import Callback
 from epochal.callbacks.best import BestMetric
@@ -43,11 +43,12 @@ from epochal.callbacks.early_stopping import EarlyStopping
 from epochal.callbacks.ema import EMA
 from epochal.callbacks.gate import Gate
 from epochal.checkpoint import BackgroundWriter, CheckpointStore, serialize, to_cpu
+from epochal.checkpoint import save_safetensors as save_file  # Fit.export_weights writes through epochal.io
 from epochal.config import RunConfig, dotted_to_nested, flat, load_toml, resolve
 from epochal.data import make_batches
 from epochal.errors import CheckpointError, ConfigError, EpochalError
 from epochal.optim import build_adamw, make_schedule, resolve_warmup_steps
-from epochal.records import RunFolder, format_metrics
+from epochal.records import RunFolder, check_run_names, default_run_id, format_metrics
 from epochal.state import TrainState, capture_rng, restore_rng, seed_everything
 from epochal.step import Step, StepBuffers, autocast
 from epochal.tasks import Built, RunContext, Task, get_task
@@ -423,42 +424,33 @@ def fit(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
 
     ``resume``: "never" (a run folder that exists is an error unless ``overwrite``),
     "auto" (continue the run folder if it has a checkpoint, else start), "must"
-    (continue; error if there is nothing to continue). ``force`` accepts a config
-    that differs from the checkpoint's.
+    (continue a run folder; one without a checkpoint restarts from step 0).
+    ``force`` applies changed settings that can change mid-run (force.py) and
+    refuses the others.
     """
     config = resolve_config(task, config, overrides)
     if out_dir is not None:
         config.out_dir = str(out_dir)
-    if experiment_id:
-        config.experiment_id = experiment_id
-    if not config.experiment_id:
-        config.experiment_id = f"{config.task_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if experiment_id is not None:
+        config.experiment_id = experiment_id  # an empty id is refused below, not replaced
+    elif not config.experiment_id:
+        config.experiment_id = default_run_id(config.task_name)
+    check_run_names(config.experiment_id, config.group)
     task_obj = task if isinstance(task, Task) else get_task(config.task_name)
     folder = RunFolder(config.run_dir)
-    existing = (folder.path / "checkpoints" / "manifest.json").exists()
-    if resume == "must" and not existing:
-        raise EpochalError(f"{folder.path}: no checkpoint to resume from")
-    if folder.path.exists() and any(folder.path.iterdir()) and resume == "never":
-        if not overwrite:
-            raise EpochalError(f"{folder.path}: run folder exists; use --resume auto to continue it or --overwrite to replace it")
     created = _first_missing(folder.path)
+    existing = folder.open(resume, overwrite)
     try:
-        folder.path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise EpochalError(f"{folder.path}: cannot create the run folder ({err.strerror})") from None
-    folder.acquire()
-    try:
-        if (resume == "never" and overwrite) or (resume != "never" and not existing):
-            _clear(folder)
+        if not existing:
+            folder.write_config(config.to_toml())  # first, so a run killed during a slow build can be resumed
         if hasattr(task_obj, "own_loop"):
             result = task_obj.own_loop(config, folder, log)
             folder.write_json("result.json", result)
             log(f"run folder: {folder.path}")
             return FitResult(folder.path, result["status"], result["metadata"]["stop_reason"], result["metrics"], result)
         fit_ = _prepare(task_obj, config, folder, list(callbacks), created, log)
-        resuming = resume != "never" and existing and _resume(fit_, force, log)
+        resuming = existing and _resume(fit_, force, log)
         if not resuming:
-            folder.path.joinpath("config.toml").write_text(config.to_toml())
             folder.write_json("env.json", provenance.collect(fit_.run.device, config.train.seed))
         if fit_.state.status in ("completed", "failed"):
             log(f"{folder.path}: already {fit_.state.status} ({fit_.state.stop_reason}); nothing to do")
@@ -487,9 +479,7 @@ def _first_missing(path: Path) -> Path | None:
 
 
 def _clear(folder: RunFolder) -> None:
-    for child in folder.path.iterdir():
-        if child.name != ".lock":
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    folder.clear()
 
 
 def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[Callback], created: Path | None,
@@ -512,15 +502,25 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
 def _resume(fit: Fit, force: bool, log: Callable[[str], None]) -> bool:
     newest = fit.store.newest_valid(warn=lambda msg: log(f"warning: {msg}"))
     if newest is None:
-        raise CheckpointError(f"{fit.store.folder}: no valid checkpoint to resume from")
+        raise CheckpointError(f"{fit.store.folder}: no valid checkpoint to resume from; "
+                              f"the files there are left as they are")
     entry, payload = newest
     saved, now = flat(payload["config"]), flat(fit.config.to_dict())
-    differing = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k) and k not in RESUME_FREE_KEYS)
-    if differing and not force:
-        shown = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differing[:8])
+    changes = {k: (saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys())
+               if saved.get(k) != now.get(k) and k not in RESUME_FREE_KEYS}
+    if changes and not force:
+        shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(changes.items())[:8])
         raise ConfigError(f"config differs from the checkpoint's ({shown}); use --force to resume anyway")
+    force_rules.check_forceable(changes)
+    fresh = force_rules.snapshot(fit.optimizer)
     fit.restore(payload)
     fit._last_saved_step = fit.state.step
     fit.folder.truncate_history(fit.state.step, fit.state.epoch)
+    if changes:
+        force_rules.apply(changes, fit.optimizer, fit.scheduler, fresh)
+        change_record, notes = force_rules.record(changes, fit.state.step)
+        fit.folder.append_history([change_record])
+        fit.folder.write_config(fit.config.to_toml(), notes)
+        log(f"--force: {'; '.join(n.removeprefix('# --force ') for n in notes)}")
     log(f"resuming from {entry['file']} (epoch {fit.state.epoch}, step {fit.state.step})")
     return True

@@ -24,7 +24,6 @@ class ScratchMLPTask(Task):
 
     def own_loop(self, config, folder: RunFolder, log) -> dict:
         cfg: ScratchMLPConfig = config.task
-        folder.path.joinpath("config.toml").write_text(config.to_toml())
         folder.write_json("env.json", provenance.collect(torch.device("cpu"), cfg.seed))
         curves: dict[str, list[float]] = {"train_loss": []}
         started = time.perf_counter()

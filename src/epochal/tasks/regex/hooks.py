@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import save_file
 
 from epochal.callbacks.base import Callback
+from epochal.checkpoint import save_safetensors
 
 if TYPE_CHECKING:
     from epochal.loop import Fit
@@ -39,7 +39,7 @@ class CaptureInternals(Callback):
         captured.update({name: outputs[name] for name in ("attention", "hidden", "next", "class", "state")})
         folder = fit.run.dir / "captures"
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(
+        save_safetensors(
             {name: value.detach().float().cpu().contiguous() if value.is_floating_point() else value.cpu().contiguous()
              for name, value in captured.items()},
             str(folder / f"epoch_{fit.state.epoch + 1:04d}.safetensors"),  # the epoch just finished, 1-based
