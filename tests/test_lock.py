@@ -1,6 +1,8 @@
 """The run-folder lock under races, in processes that load the lock code and nothing else (no torch)."""
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -150,3 +152,25 @@ def test_a_lock_file_replaced_under_a_waiting_opener_is_not_trusted(tmp_path, mo
     lock.acquire()
     assert lock.held and time.monotonic() - started < 1
     lock.release()
+
+
+def test_8_concurrent_runs_on_one_id_make_exactly_one_run(tmp_path):
+    command = [sys.executable, "-m", "epochal.cli", "run", "toy", "--out", str(tmp_path), "--id", "same",
+               "--no-progress", "--epochs", "2", "--set", "task.n_train=128", "--set", "train.log_every=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(8)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0] + [1] * 7, outputs
+    folder = tmp_path / "same"
+    in_use = re.compile(rf"epochal: error: {re.escape(str(folder))}: in use by process \d+ on "
+                        rf"{re.escape(socket.gethostname())} \(lock {re.escape(str(folder / LOCK_NAME))}\); "
+                        rf"wait for it or stop it\n")
+    exists = f"epochal: error: {folder}: run folder exists; use --resume auto to continue it or --overwrite to replace it\n"
+    for code, (_, err) in zip(codes, outputs):
+        assert code == 0 or in_use.fullmatch(err) or err == exists, err
+    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history if "epoch_end" not in h] == [1, 2, 3, 4]  # one run's steps, once each
+    assert json.loads((folder / "result.json").read_text())["status"] == "completed"
+    assert not (folder / LOCK_NAME).exists()

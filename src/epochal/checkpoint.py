@@ -189,10 +189,13 @@ class CheckpointStore:
                 entries.append({"file": file.name, "sha256": sha256(data), **fields, "rebuilt": True})
             except (OSError, CheckpointError) as err:
                 skipped.append(f"{file.name} ({getattr(err, 'strerror', None) or err})")
+        left = f"; left alone, unverified: {', '.join(skipped)}" if skipped else ""
+        if not entries:  # nothing to rebuild from: change nothing, a resume will refuse with one line
+            warn(f"{problem}; no checkpoint file verifies{left}")
+            return
         if path.is_dir() and not path.is_symlink():
             raise CheckpointError(f"{problem}; cannot rebuild it over a folder; allowed: a manifest.json file")
         self._write_manifest(entries)
-        left = f"; left alone, unverified: {', '.join(skipped)}" if skipped else ""
         warn(f"{problem}; rebuilt from {len(entries)} verified checkpoint file(s){left}")
 
     def _write_manifest(self, entries: list[dict]) -> None:
@@ -205,6 +208,8 @@ class CheckpointStore:
     def write(self, name: str, data: bytes, info: dict) -> None:
         """Write one checkpoint file and enter it into the manifest; enforce retention."""
         path = self.folder / name
+        with self._lock:
+            self._unlist(name)
         try:
             atomic_write_bytes(path, data)
         except WriteError as err:
@@ -218,7 +223,7 @@ class CheckpointStore:
     def link(self, source: str, name: str) -> None:
         """Make ``name`` (e.g. last.pt) the same file as ``source`` without writing it twice."""
         with self._lock:
-            entries = self.manifest()
+            entries = self._unlist(name)
             entry = next(e for e in entries if e["file"] == source)
             tmp = self.folder / f".{name}{TEMP_MARK}{os.getpid()}"
             try:
@@ -230,9 +235,16 @@ class CheckpointStore:
                 tmp.unlink(missing_ok=True)
                 raise CheckpointError(f"{self.folder / name}: cannot link to {source} ({err.strerror}); "
                                       f"earlier checkpoints are intact") from None
-            entries = [e for e in entries if e["file"] != name]
-            entries.append({**entry, "file": name, "kind": name.removesuffix(".pt")})
-            self._write_manifest(entries)
+            self._write_manifest([*entries, {**entry, "file": name, "kind": name.removesuffix(".pt")}])
+
+    def _unlist(self, name: str) -> list[dict]:
+        """Take ``name`` out of the manifest before its file is replaced, so that no failure in between
+        can leave the manifest vouching for content the file no longer has. Returns the other entries."""
+        entries = self.manifest()
+        others = [e for e in entries if e["file"] != name]
+        if len(others) != len(entries):
+            self._write_manifest(others)
+        return others
 
     def _retain(self, entries: list[dict]) -> list[dict]:
         """Drop the oldest rolling checkpoints beyond keep_last; only files the manifest lists are deleted."""

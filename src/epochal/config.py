@@ -269,7 +269,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def build_dataclass(cls: type, data: dict, section: str) -> Any:
     """An instance of ``cls`` from a dict: unknown keys, wrong types and missing fields name the key."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{section}: expected a table of settings ([{section}]), got {data!r}")
+        raise ConfigError(f"{section}: expected a table of settings, got {data!r}; allowed: a [{section}] table")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -320,16 +320,17 @@ def dotted_to_nested(overrides: dict[str, Any]) -> dict:
     for key, value in overrides.items():
         parts = key.split(".")
         if not all(parts):
-            raise ConfigError(f"{key}: empty part in a dotted key; allowed: section.key")
+            raise ConfigError(f"{key}: empty part in a dotted key; allowed: section.key=value")
         *parents, leaf = parts
         node = nested
         for i, part in enumerate(parents):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {'.'.join(parts[: i + 1])} is a setting, not a section")
+                raise ConfigError(f"{key}: {'.'.join(parts[: i + 1])} is a setting, not a section; "
+                                  f"allowed: {'.'.join(parts[: i + 1])}=value")
         if isinstance(node.get(leaf), dict) and not isinstance(value, dict):
             inner = f"{key}.{next(iter(node[leaf]))}" if node[leaf] else key
-            raise ConfigError(f"{inner}: {key} is a setting, not a section")
+            raise ConfigError(f"{inner}: {key} is a setting, not a section; allowed: {key}=value")
         node[leaf] = value
     return nested
 
@@ -341,15 +342,15 @@ def load_toml(path: str | Path, label: str = "--config") -> dict:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"{where}: no such file") from None
+        raise ConfigError(f"{where}: no such file; allowed: a path to a TOML file") from None
     except IsADirectoryError:
         raise ConfigError(f"{where}: a folder, not a file; allowed: a TOML file") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{where}: not UTF-8 text (byte {err.start}); allowed: a UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{where}: not valid TOML ({err})") from None
+        raise ConfigError(f"{where}: not valid TOML ({err}); allowed: a TOML file") from None
     except OSError as err:
-        raise ConfigError(f"{where}: cannot read ({err.strerror})") from None
+        raise ConfigError(f"{where}: cannot read ({err.strerror}); allowed: a readable TOML file") from None
 
 
 def resolve(task_name: str | None, layers: list[dict]) -> RunConfig:
@@ -393,7 +394,10 @@ def _check_section_values(layer: dict) -> None:
     """A scalar where a section belongs (`train = 5`) is an error, before a later layer could hide it by merging."""
     for name in _SECTIONS:
         if name in layer and not isinstance(layer[name], dict):
-            raise ConfigError(f"{name}: expected a table of settings ([{name}]), got {layer[name]!r}")
+            raise ConfigError(f"{name}: expected a table of settings, got {layer[name]!r}; allowed: a [{name}] table")
+    task = layer.get("task", "")
+    if not isinstance(task, (dict, str)):
+        raise ConfigError(f"task: expected a table or a task name, got {task!r}; allowed: [task] name = \"...\"")
 
 
 def _default_best_metric(config: RunConfig) -> None:

@@ -70,7 +70,8 @@ def apply(changes: dict[str, tuple[Any, Any]], optimizer, scheduler, fresh: list
                 group[name] = built[name]
     if "optim.lr" in changes:
         old, new = changes["optim.lr"]
-        scheduler.base_lrs = [base * new / old for base in scheduler.base_lrs]
+        # base / old is exactly 1 without rollbacks, so the new peak is exactly the configured value
+        scheduler.base_lrs = [new * (base / old) for base in scheduler.base_lrs]
         for group in optimizer.param_groups:
             group["initial_lr"] = new
     if _RATE_KEYS & changes.keys():

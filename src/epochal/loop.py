@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
-import shutil
 import signal
 import threading
 import time
@@ -47,6 +46,7 @@ from epochal.checkpoint import save_safetensors as save_file  # Fit.export_weigh
 from epochal.config import RunConfig, dotted_to_nested, flat, load_toml, resolve
 from epochal.data import make_batches
 from epochal.errors import CheckpointError, ConfigError, EpochalError
+from epochal.lock import LockHeld
 from epochal.optim import build_adamw, make_schedule, resolve_warmup_steps
 from epochal.records import RunFolder, check_run_names, default_run_id, format_metrics
 from epochal.state import TrainState, capture_rng, restore_rng, seed_everything
@@ -439,10 +439,9 @@ def fit(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
     task_obj = task if isinstance(task, Task) else get_task(config.task_name)
     folder = RunFolder(config.run_dir)
     created = _first_missing(folder.path)
-    existing = folder.open(resume, overwrite)
+    existing = _claim(folder, config, resume, overwrite, created)
+    fit_ = None
     try:
-        if not existing:
-            folder.write_config(config.to_toml())  # first, so a run killed during a slow build can be resumed
         if hasattr(task_obj, "own_loop"):
             result = task_obj.own_loop(config, folder, log)
             folder.write_json("result.json", result)
@@ -464,8 +463,41 @@ def fit(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
         log(f"{result['status']}: {result['metadata']['stop_reason']}")
         log(f"run folder: {folder.path}")
         return FitResult(folder.path, result["status"], result["metadata"]["stop_reason"], result["metrics"], result)
+    except BaseException:
+        _settle_writes(fit_)
+        raise
     finally:
         folder.release()
+
+
+def _settle_writes(fit_: Fit | None) -> None:
+    """On the way out after an error: let a checkpoint write in flight end (complete, or failed and cleaned
+    up) before the lock is released, so no other process can take the folder while it is still written."""
+    if fit_ is not None:
+        try:
+            fit_.writer.wait()
+        except Exception:  # the error already on its way out is the one to report
+            pass
+
+
+def _claim(folder: RunFolder, config: RunConfig, resume: str, overwrite: bool, created: Path | None) -> bool:
+    """Lock the run folder and, unless resuming, write config.toml first: a run killed during a slow
+    task build can then be resumed. A start that fails here leaves no folder it made behind."""
+    try:
+        existing = folder.open(resume, overwrite)
+    except LockHeld:
+        raise  # the folder is the holder's now, even if this process made it
+    except EpochalError:
+        folder.remove_created(created)
+        raise
+    if not existing:
+        try:
+            folder.write_config(config.to_toml())
+        except EpochalError:
+            folder.release()
+            folder.remove_created(created)
+            raise
+    return existing
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -493,9 +525,8 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
         built = task.build(config.task, run)
         return Fit(task, config, folder, built, run, callbacks, log)
     except ConfigError:
-        if created is not None:
-            folder.release()
-            shutil.rmtree(created, ignore_errors=True)
+        folder.remove_created(created, everything=True)
+        folder.release()
         raise
 
 
@@ -521,6 +552,7 @@ def _resume(fit: Fit, force: bool, log: Callable[[str], None]) -> bool:
         change_record, notes = force_rules.record(changes, fit.state.step)
         fit.folder.append_history([change_record])
         fit.folder.write_config(fit.config.to_toml(), notes)
-        log(f"--force: {'; '.join(n.removeprefix('# --force ') for n in notes)}")
+        for note in notes:
+            log(note.removeprefix("# "))
     log(f"resuming from {entry['file']} (epoch {fit.state.epoch}, step {fit.state.step})")
     return True

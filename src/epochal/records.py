@@ -59,9 +59,9 @@ def check_run_names(experiment_id: str, group: str) -> None:
 
 
 def default_run_id(task_name: str) -> str:
-    """<task>-<timestamp>-<6 hex>: the random suffix keeps ids unique when many runs start in one second."""
+    """<task>-<timestamp>-<8 hex>: the random suffix keeps ids unique when many runs start in one second."""
     task = re.sub(r"[^A-Za-z0-9._-]", "_", task_name).lstrip(".")[:40] or "run"
-    return f"{task}-{datetime.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    return f"{task}-{datetime.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
 
 
 def finite_or_none(value: Any) -> Any:
@@ -152,6 +152,9 @@ class RunFolder:
         Every decision is taken under the lock (two starts on one id see each other).
         Refusals leave the folder as it was.
         """
+        if self.path.is_symlink():  # what it points to may be anywhere: never lock, clear or write it from here
+            raise EpochalError(f"{self.path}: a symbolic link; allowed: a real folder inside --out "
+                               f"(resume a linked run by its real path)")
         if resume == "must" and not (self.path / CONFIG).is_file():
             raise EpochalError(f"{self.path}: not a run folder (no {CONFIG}); allowed: a folder made by `epochal run`")
         try:
@@ -174,6 +177,24 @@ class RunFolder:
         except BaseException:
             self.release()
             raise
+
+    def remove_created(self, created: Path | None, everything: bool = False) -> None:
+        """Undo a failed start: the folders this start made (``created`` and below), never anything older.
+
+        Without ``everything`` only empty folders go: a start that failed before writing
+        anything must not delete what another process may have put there since.
+        """
+        if created is None:
+            return
+        if everything:
+            shutil.rmtree(self.path, ignore_errors=True)
+        for path in (self.path, *self.path.parents):
+            if not path.is_relative_to(created):
+                break
+            try:
+                path.rmdir()
+            except OSError:
+                break
 
     def is_run_folder(self) -> bool:
         """Whether this is a folder epochal made (see the module docstring), so it may be emptied."""
