@@ -18,6 +18,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from epochal import fit, io
 from epochal.audit import first_difference, weights_hash
@@ -190,6 +192,21 @@ def test_overwrite_and_restart_only_ever_empty_an_epochal_run_folder(capsys, wor
     assert code == 1
     assert_one_line(err, fragment, "allowed")
     assert tree(world) == before
+
+
+@given(st.text(max_size=120))
+def test_any_accepted_name_is_one_folder_directly_inside_out(text):
+    from epochal.errors import ConfigError
+    from epochal.records import check_name
+
+    try:
+        check_name("id", text)
+    except ConfigError as err:
+        assert str(err).count("\n") == 0 and "allowed: 1 to 100 characters" in str(err)
+        return
+    out = Path("/out")
+    assert (out / text).parent == out and (out / text).name == text and not text.startswith(".")
+    assert len(text.encode()) <= 100
 
 
 def test_default_ids_are_unique_within_one_second(tmp_path):

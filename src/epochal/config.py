@@ -208,11 +208,19 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)) if origin is None else str(tp).replace("typing.", "")
 
 
+def _takes_table(tp: Any) -> bool:
+    """Whether a setting of type ``tp`` may be given as a TOML table."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_takes_table(a) for a in typing.get_args(tp))
+    return origin is dict or dataclasses.is_dataclass(tp)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it in that type or raise naming ``key``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if isinstance(value, dict) and origin is not dict and not dataclasses.is_dataclass(tp) and value:
+    if isinstance(value, dict) and value and not _takes_table(tp):
         # `--set train.max_epochs.foo=1` arrives as a table where a value belongs
         raise ConfigError(f"{key}.{next(iter(value))}: {key} is a setting, not a section; "
                           f"allowed: {key} = <{_type_name(tp)}>")

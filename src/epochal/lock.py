@@ -26,7 +26,7 @@ from epochal.io import WriteError, rewrite_in_place
 LOCK_NAME = ".lock"
 # How long a refused process waits for a fresh holder to write its pid and host:
 # the holder writes them right after taking the lock, so this is only ever a race.
-_HOLDER_WAIT_S = 1.0
+_HOLDER_WAIT_S = 3.0
 
 
 class LockHeld(EpochalError):
