@@ -510,10 +510,6 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-def _clear(folder: RunFolder) -> None:
-    folder.clear()
-
-
 def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[Callback], created: Path | None,
              log: Callable[[str], None]) -> Fit:
     """Seed, build the task and the training machinery; a config error removes a folder made for it."""
