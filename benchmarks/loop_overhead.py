@@ -2,8 +2,10 @@
 
 All train the same MLP on the same device-resident data in the same order with
 the same fused AdamW (no decay on biases), warmup + cosine schedule, clipping at
-1.0 and per-step loss recording. epochal runs twice: with its default guard that
-skips non-finite steps on the device, and without it (the raw loop has none).
+1.0 and per-step loss recording. epochal runs three times: the built-in task path
+with its default guard that skips non-finite steps on the device, the same without
+it (the raw loop has none), and ``epochal.fit`` on a TensorDataset (a user's own
+model and data, moved to the device once like a task's).
 
 This machine is noisy, so the variants are paired: each repeat runs every variant
 once, in a shuffled order, and the ratio to the raw loop is taken within the
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -111,6 +114,32 @@ def epochal_loop(cfg: BenchConfig, device: torch.device, steps: int, guard: bool
     return captured["seconds"] / steps, captured["model"]
 
 
+def fit_loop(cfg: BenchConfig, device: torch.device, steps: int) -> tuple[float, nn.Module]:
+    """epochal.fit on a TensorDataset: the user's own model and data, moved to the device once."""
+    captured = {}
+
+    class Capture(epochal.Callback):
+        def on_fit_end(self, run):
+            captured["seconds"] = run.state.train_seconds
+
+    torch.manual_seed(SEED)
+    model = make_model(cfg)
+    data = make_data(BenchConfig(n=steps * BATCH, dim=cfg.dim, width=cfg.width))
+    dataset = torch.utils.data.TensorDataset(data["x"], data["y"])
+
+    def loss_fn(model, batch):
+        x, y = batch
+        return F.mse_loss(model(x), y)
+
+    config = {"train": {"max_epochs": 1, "batch_size": BATCH, "seed": SEED, "progress": False,
+                        "device": str(device), "log_every": 100},
+              "optim": {"lr": LR}, "checkpoint": {"every_epochs": 0}}
+    with tempfile.TemporaryDirectory(prefix="epochal-bench-") as out:
+        epochal.fit(model, dataset, loss_fn, config=config, out_dir=out, experiment_id="fit", resume="never",
+                    callbacks=[Capture()], log=lambda _: None)
+    return captured["seconds"] / steps, model
+
+
 def lightning_loop(cfg: BenchConfig, device: torch.device, steps: int) -> float | None:
     try:
         import lightning as L
@@ -150,6 +179,10 @@ def lightning_loop(cfg: BenchConfig, device: torch.device, steps: int) -> float 
     return (time.perf_counter() - start) / steps
 
 
+def _equal(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -169,6 +202,7 @@ def main() -> None:
         "raw": lambda: raw_loop(cfg, device, args.steps),
         "epochal": lambda: epochal_loop(cfg, device, args.steps),
         "unguarded": lambda: epochal_loop(cfg, device, args.steps, guard=False),
+        "fit": lambda: fit_loop(cfg, device, args.steps),
         "lightning": lambda: lightning_loop(cfg, device, args.steps),
     }
     order = random.Random(0)
@@ -183,14 +217,13 @@ def main() -> None:
                 measured, models[name] = measured
             if repeat and measured is not None:
                 times[name].append(measured)
-    equal = all(torch.equal(a, b) for a, b in zip(models["raw"].state_dict().values(),
-                                                   models["epochal"].state_dict().values()))
+    equal = _equal(models["raw"], models["epochal"])
     print(f"device {device}, torch threads {torch.get_num_threads()}, {args.steps} steps x {args.repeats} paired "
           f"repeats, MLP width {args.width}, batch {BATCH}")
     for name, values in times.items():
         if values:
             print(f"{name:10s} median step {statistics.median(values) * 1e3:8.3f} ms")
-    for name in ("epochal", "unguarded", "lightning"):
+    for name in ("epochal", "unguarded", "fit", "lightning"):
         if not times[name]:
             print(f"{name}/raw n/a (install the bench extra: make bench)")
             continue
@@ -199,6 +232,7 @@ def main() -> None:
         print(f"{name + '/raw':14s} min {ratios[0]:.3f}  median {statistics.median(ratios):.3f}  "
               f"max {ratios[-1]:.3f}{note}")
     print(f"final weights raw vs epochal bit-equal: {equal}")
+    print(f"final weights raw vs epochal.fit(TensorDataset) bit-equal: {_equal(models['raw'], models['fit'])}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,7 +94,8 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
         second = run(tmp_path, "shared", "--resume", "auto")
         assert second.returncode == 1
         assert second.stderr.strip() == (f"epochal: error: {tmp_path / 'shared'}: in use by process {first.pid} "
-                                         f"(lock {tmp_path / 'shared' / '.lock'}); wait for it or stop it")
+                                         f"on {socket.gethostname()} (lock {tmp_path / 'shared' / '.lock'}); "
+                                         f"wait for it or stop it")
     finally:
         first.kill()
         first.wait()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from epochal._version import __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
+    from epochal.analysis import load_checkpoint, load_run, save_checkpoint
     from epochal.api import Result, run
     from epochal.callbacks.base import Callback
     from epochal.config import RunConfig
@@ -31,8 +32,11 @@ _EXPORTS = {  # public name -> the module that defines it
     "Stop": "epochal.decisions",
     "Task": "epochal.tasks",
     "fit": "epochal.script",
+    "load_checkpoint": "epochal.analysis",
+    "load_run": "epochal.analysis",
     "register_task": "epochal.tasks",
     "run": "epochal.api",
+    "save_checkpoint": "epochal.analysis",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

@@ -5,8 +5,6 @@ Everything here happens around the loop (loop.py); nothing here changes the numb
 
 from __future__ import annotations
 
-import datetime
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +12,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from epochal import force as force_rules
 from epochal import provenance
 from epochal.callbacks.base import Callback
 from epochal.checkpoint import tensors_sha256
@@ -21,7 +20,8 @@ from epochal.config import RunConfig, flat
 from epochal.errors import CheckpointError, ConfigError, EpochalError
 from epochal.faults import kill_hooks
 from epochal.loop import fit
-from epochal.records import RunFolder
+from epochal.lock import LockHeld
+from epochal.records import RunFolder, check_run_names, default_run_id
 from epochal.resolve import resolve_config
 from epochal.run import Run
 from epochal.signals import PREEMPTED_EXIT_CODE, PreemptionSignals
@@ -88,36 +88,26 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
     task_obj, config = resolve_config(task, config, overrides)
     if out_dir is not None:
         config.out_dir = str(out_dir)
-    if experiment_id:
-        config.experiment_id = experiment_id
-    if not config.experiment_id:
-        config.experiment_id = f"{config.task_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if experiment_id is not None:
+        config.experiment_id = experiment_id  # an empty id is refused below, not replaced
+    elif not config.experiment_id:
+        config.experiment_id = default_run_id(config.task_name)
+    check_run_names(config.experiment_id, config.group)
     folder = RunFolder(config.run_dir)
-    existing = (folder.path / "checkpoints" / "manifest.json").exists()
-    if resume == "must" and not existing:
-        raise EpochalError(f"{folder.path}: no checkpoint to resume from")
-    if folder.path.exists() and any(folder.path.iterdir()) and resume == "never" and not overwrite:
-        raise EpochalError(f"{folder.path}: run folder exists; use --resume auto to continue it or --overwrite to replace it")
     with PreemptionSignals() as signals:
         if signals.received is not None:
             raise EpochalError(f"interrupted by {signals.name} before the run folder was made; nothing was written")
         created = _first_missing(folder.path)
+        existing = _claim(folder, config, resume, overwrite, created)
+        run_ = None
         try:
-            folder.path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise EpochalError(f"{folder.path}: cannot create the run folder ({err.strerror})") from None
-        folder.acquire()
-        try:
-            if (resume == "never" and overwrite) or (resume != "never" and not existing):
-                _clear(folder)
             if hasattr(task_obj, "own_loop"):
                 result = task_obj.own_loop(config, folder, log)
                 folder.write_json("result.json", result)
                 return _finished(folder, result, log)
             run_ = _prepare(task_obj, config, folder, [*callbacks, *kill_hooks()], signals, created, log)
-            resuming = resume != "never" and existing and _resume(run_, force, log)
+            resuming = existing and _resume(run_, force, log)
             if not resuming:
-                folder.write_text("config.toml", config.to_toml())
                 folder.write_json("env.json", {**provenance.collect(run_.device, config.train.seed), **run_.origin})
             if run_.state.status in ("completed", "failed"):
                 log(f"{folder.path}: already {run_.state.status} ({run_.state.stop_reason}); nothing to do")
@@ -125,8 +115,41 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
             if run_.state.status == "preempted":
                 run_.state.status, run_.state.stop_reason = "running", ""
             return _finished(folder, fit(run_), log)
+        except BaseException:
+            _settle_writes(run_)
+            raise
         finally:
             folder.release()
+
+
+def _settle_writes(run: Run | None) -> None:
+    """On the way out after an error: let a checkpoint write in flight end (complete, or failed and cleaned
+    up) before the lock is released, so no other process can take the folder while it is still written."""
+    if run is not None:
+        try:
+            run.writer.wait()
+        except Exception:  # the error already on its way out is the one to report
+            pass
+
+
+def _claim(folder: RunFolder, config: RunConfig, resume: str, overwrite: bool, created: Path | None) -> bool:
+    """Lock the run folder and, unless resuming, write config.toml first: a run killed during a slow
+    task build can then be resumed. A start that fails here leaves no folder it made behind."""
+    try:
+        existing = folder.open(resume, overwrite)
+    except LockHeld:
+        raise  # the folder is the holder's now, even if this process made it
+    except EpochalError:
+        folder.remove_created(created)
+        raise
+    if not existing:
+        try:
+            folder.write_config(config.to_toml())
+        except EpochalError:
+            folder.release()
+            folder.remove_created(created)
+            raise
+    return existing
 
 
 def _finished(folder: RunFolder, result: dict, log: Callable[[str], None]) -> Result:
@@ -145,12 +168,6 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-def _clear(folder: RunFolder) -> None:
-    for child in folder.path.iterdir():
-        if child.name != ".lock":
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-
-
 def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[Callback],
              signals: PreemptionSignals, created: Path | None, log: Callable[[str], None]) -> Run:
     """Seed, build the task and the run; a config error removes a folder made for it."""
@@ -166,24 +183,33 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
                       "data": run.batches.describe()}
         return run
     except ConfigError:
-        if created is not None:
-            folder.release()
-            shutil.rmtree(created, ignore_errors=True)
+        folder.remove_created(created, everything=True)
+        folder.release()
         raise
 
 
 def _resume(run: Run, force: bool, log: Callable[[str], None]) -> bool:
     newest = run.store.newest_valid(warn=lambda msg: log(f"warning: {msg}"))
     if newest is None:
-        raise CheckpointError(f"{run.store.folder}: no valid checkpoint to resume from")
+        raise CheckpointError(f"{run.store.folder}: no valid checkpoint to resume from; "
+                              f"the files there are left as they are")
     entry, payload = newest
     saved, now = flat(payload["config"]), flat(run.config.to_dict())
     # A setting the checkpoint does not know was added by a later version: it is taken as it is now.
-    differing = sorted(k for k in saved if saved[k] != now.get(k) and k not in RESUME_FREE_KEYS)
-    if differing and not force:
-        shown = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differing[:8])
+    changes = {k: (saved[k], now.get(k)) for k in sorted(saved) if saved[k] != now.get(k) and k not in RESUME_FREE_KEYS}
+    if changes and not force:
+        shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(changes.items())[:8])
         raise ConfigError(f"config differs from the checkpoint's ({shown}); use --force to resume anyway")
+    force_rules.check_forceable(changes)
+    fresh = force_rules.snapshot(run.optimizer)
     run.restore(payload)
     run.folder.truncate_history(run.state.step, run.state.epoch)
+    if changes:
+        force_rules.apply(changes, run.optimizer, run.scheduler, fresh)
+        change_record, notes = force_rules.record(changes, run.state.step)
+        run.folder.append_history([change_record])
+        run.folder.write_config(run.config.to_toml(), notes)
+        for note in notes:
+            log(note.removeprefix("# "))
     log(f"resuming from {entry['file']} (epoch {run.state.epoch}, step {run.state.step})")
     return True

@@ -3,7 +3,9 @@
 A write goes to a temporary file in the same folder, is fsynced, renamed into
 place, and the folder is fsynced. Only then is the file entered, with its
 SHA-256, into ``manifest.json`` (itself replaced atomically): a checkpoint
-counts once it is complete. Loading checks the hash and uses
+counts once it is complete. All writes go through ``epochal.io``. A manifest
+that is missing or invalid is rebuilt from the files that verify, and
+retention deletes only files the manifest lists. Loading checks the hash and uses
 ``torch.load(weights_only=True)``, so a file holding arbitrary pickled objects
 is refused without running them.
 
@@ -18,23 +20,21 @@ import io
 import json
 import os
 import pickle
+import re
 import threading
-import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import safetensors.torch
 import torch
-from safetensors.torch import save as safetensors_save
 
 from epochal.errors import CheckpointError
+from epochal.io import TEMP_MARK, WriteError, atomic_write_bytes, atomic_write_text, fsync_dir
+from epochal.records import checkpoint_files
 
 MANIFEST = "manifest.json"
 ROLLING_KINDS = ("epoch", "step", "preempt")
-# Test hook: seconds to sleep between written chunks, so a test can kill the
-# process in the middle of a checkpoint write.
-_WRITE_DELAY_ENV = "EPOCHAL_TEST_WRITE_DELAY"
-_CHUNK = 1 << 20
 
 
 def to_cpu(obj: Any) -> Any:
@@ -48,42 +48,30 @@ def to_cpu(obj: Any) -> Any:
     return obj
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """temp file + fsync + rename + folder fsync: the file is either old or new, never partial."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    delay = float(os.environ.get(_WRITE_DELAY_ENV, "0") or 0)
-    try:
-        with open(tmp, "wb") as f:
-            for start in range(0, len(data), _CHUNK):
-                f.write(data[start : start + _CHUNK])
-                if delay:
-                    f.flush()
-                    time.sleep(delay)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
 def serialize(payload: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Tensors for sharing, written atomically like every other file of a run."""
+    atomic_write_bytes(path, safetensors.torch.save(tensors))
+
+
+def save_weights(path: Path, model: torch.nn.Module) -> None:
+    """A model's tensors as safetensors (model.safetensors): data only, readable by any framework."""
+    save_safetensors({name: value.contiguous() for name, value in to_cpu(model.state_dict()).items()}, path)
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A hash of named tensors' names, dtypes, shapes and bytes: equal exactly when the weights are."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def sha256(data: bytes) -> str:
@@ -98,6 +86,11 @@ def load_file(path: Path, expected_sha256: str | None = None) -> dict:
         raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
     if expected_sha256 is not None and sha256(data) != expected_sha256:
         raise CheckpointError(f"{path}: checksum mismatch (truncated or altered)")
+    return load_bytes(path, data)
+
+
+def load_bytes(path: Path, data: bytes) -> dict:
+    """Unpickle tensors and plain data only (``weights_only``): a file holding code is refused, not run."""
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -131,85 +124,192 @@ def payload_states(payload: dict) -> dict:
     raise CheckpointError(f"checkpoint format {version!r} is not one this version reads; allowed: 1, 2")
 
 
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """A hash of named tensors' names, dtypes, shapes and bytes: equal exactly when the weights are."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+# What a checkpoint written by the loop holds at least (in either format); a file without these is not ours.
+PAYLOAD_KEYS = ("model", "state")
+_BARE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_manifest(data: Any) -> list[dict]:
+    """The entries of a parsed manifest.json; ValueError naming the first problem.
+
+    Each entry's file must be a bare name inside the folder: retention deletes
+    files by these names, so a name with a path in it must never get that far.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), list):
+        raise ValueError('expected {"checkpoints": [...]}')
+    seen = set()
+    for i, entry in enumerate(data["checkpoints"]):
+        if not isinstance(entry, dict):
+            raise ValueError(f"entry {i} is not an object")
+        name = entry.get("file")
+        if not isinstance(name, str) or not _BARE_NAME.fullmatch(name):
+            raise ValueError(f"entry {i}: 'file' {name!r} is not a file name in this folder")
+        if name in seen:
+            raise ValueError(f"entry {i}: {name} is listed twice")
+        seen.add(name)
+        if not isinstance(entry.get("sha256"), str) or not _SHA256.fullmatch(entry["sha256"]):
+            raise ValueError(f"entry {i} ({name}): 'sha256' is not a SHA-256 hex digest")
+        if not isinstance(entry.get("kind"), str):
+            raise ValueError(f"entry {i} ({name}): 'kind' missing or not a string")
+        for key in ("step", "epoch", "batch_in_epoch"):
+            if (key == "step" or key in entry) and not _int(entry.get(key)):
+                raise ValueError(f"entry {i} ({name}): {key!r} missing or not a non-negative integer")
+    return data["checkpoints"]
+
+
+def describe(name: str, payload: Any) -> dict:
+    """A manifest entry's fields for a loaded checkpoint file; CheckpointError if it is not one of ours."""
+    try:
+        states = payload_states(payload)
+    except (CheckpointError, KeyError, TypeError, AttributeError):
+        states = None
+    if not isinstance(states, dict) or any(key not in states for key in PAYLOAD_KEYS) or "config" not in payload:
+        raise CheckpointError(f"{name}: not an epochal checkpoint (needs model, state and config)")
+    state = states["state"]
+    if not isinstance(state, dict) or not all(_int(state.get(k)) for k in ("step", "epoch", "batch_in_epoch")):
+        raise CheckpointError(f"{name}: its training state has no step, epoch and batch_in_epoch")
+    if name.startswith("checkpoint_epoch_"):
+        kind = "epoch"
+    elif name.startswith("checkpoint_step_"):
+        kind = "preempt" if state.get("status") == "preempted" else "step"
+    else:  # last.pt, best.pt, checkpoint_gate.pt: named links, never pruned
+        kind = name.removesuffix(".pt")
+    return {"kind": kind, "step": state["step"], "epoch": state["epoch"], "batch_in_epoch": state["batch_in_epoch"]}
 
 
 def read_manifest(folder: Path) -> list[dict]:
-    path = folder / MANIFEST
-    if not path.exists():
-        return []
+    """The checked entries of a checkpoints/ folder's manifest; [] if it has none. Reads, never writes."""
+    path = Path(folder) / MANIFEST
     try:
-        return json.loads(path.read_text())["checkpoints"]
-    except (ValueError, KeyError) as err:
+        text = path.read_bytes().decode()
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable manifest ({err})") from None
+    try:
+        return check_manifest(json.loads(text))
+    except ValueError as err:
+        raise CheckpointError(f"{path}: invalid manifest ({err})") from None
 
 
 def read_checkpoint(folder: Path, name: str) -> dict:
     """A complete checkpoint of a checkpoints/ folder by name, hash-checked; reads, never writes."""
     entry = next((e for e in read_manifest(folder) if e["file"] == name), None)
     if entry is None:
-        raise CheckpointError(f"{folder / name}: no such complete checkpoint")
-    return load_file(folder / name, entry["sha256"])
-
-
-def save_weights(path: Path, model: torch.nn.Module) -> None:
-    """A model's tensors as safetensors: data only, readable by any framework."""
-    tensors = {name: value.contiguous() for name, value in to_cpu(model.state_dict()).items()}
-    atomic_write_bytes(path, safetensors_save(tensors))
+        raise CheckpointError(f"{Path(folder) / name}: no such complete checkpoint")
+    return load_file(Path(folder) / name, entry["sha256"])
 
 
 class CheckpointStore:
-    """The checkpoints/ folder: named files, their manifest, retention."""
+    """The checkpoints/ folder: named files, their manifest, retention.
 
-    def __init__(self, folder: Path, keep_last: int):
-        self.folder, self.keep_last = folder, keep_last
+    A missing, unreadable or invalid manifest is rebuilt when the store is opened,
+    from the checkpoint files that verify (they load as data and hold a training
+    state); files that do not verify are reported and left alone. Retention only
+    ever deletes files the manifest lists.
+    """
+
+    def __init__(self, folder: Path, keep_last: int, warn: Callable[[str], None] = warnings.warn):
+        self.folder, self.keep_last = Path(folder), keep_last
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        for stale in self.folder.glob(".*.tmp-*"):
+        for stale in self.folder.glob(f".*{TEMP_MARK}*"):
             stale.unlink(missing_ok=True)
+        self._repair(warn)
 
     def manifest(self) -> list[dict]:
         return read_manifest(self.folder)
 
+    def _repair(self, warn: Callable[[str], None]) -> None:
+        path, files = self.folder / MANIFEST, checkpoint_files(self.folder)
+        if path.exists() or path.is_symlink():
+            try:
+                self.manifest()
+                return
+            except CheckpointError as err:
+                problem = str(err)
+        elif not files:
+            return
+        else:
+            problem = f"{path}: missing while {len(files)} checkpoint file(s) exist"
+        entries, skipped = [], []
+        for file in files:
+            try:
+                data = file.read_bytes()
+                fields = describe(file.name, load_bytes(file, data))
+                entries.append({"file": file.name, "sha256": sha256(data), **fields, "rebuilt": True})
+            except (OSError, CheckpointError) as err:
+                skipped.append(f"{file.name} ({getattr(err, 'strerror', None) or err})")
+        left = f"; left alone, unverified: {', '.join(skipped)}" if skipped else ""
+        if not entries:  # nothing to rebuild from: change nothing, a resume will refuse with one line
+            warn(f"{problem}; no checkpoint file verifies{left}")
+            return
+        if path.is_dir() and not path.is_symlink():
+            raise CheckpointError(f"{problem}; cannot rebuild it over a folder; allowed: a manifest.json file")
+        self._write_manifest(entries)
+        warn(f"{problem}; rebuilt from {len(entries)} verified checkpoint file(s){left}")
+
+    def _write_manifest(self, entries: list[dict]) -> None:
+        try:
+            atomic_write_text(self.folder / MANIFEST, json.dumps({"checkpoints": entries}, indent=1))
+        except WriteError as err:
+            raise CheckpointError(f"{err.path}: cannot update the manifest ({err.strerror}); "
+                                  f"earlier checkpoints are intact") from None
+
     def write(self, name: str, data: bytes, info: dict) -> None:
         """Write one checkpoint file and enter it into the manifest; enforce retention."""
         path = self.folder / name
+        with self._lock:
+            self._unlist(name)
         try:
             atomic_write_bytes(path, data)
-        except OSError as err:
+        except WriteError as err:
             raise CheckpointError(f"{path}: cannot write checkpoint ({err.strerror}); earlier checkpoints are intact") from None
         with self._lock:
             entries = [e for e in self.manifest() if e["file"] != name]
             entries.append({"file": name, "sha256": sha256(data), **info})
             entries = self._retain(entries)
-            atomic_write_text(self.folder / MANIFEST, json.dumps({"checkpoints": entries}, indent=1))
+            self._write_manifest(entries)
 
     def link(self, source: str, name: str) -> None:
         """Make ``name`` (e.g. last.pt) the same file as ``source`` without writing it twice."""
         with self._lock:
-            entries = self.manifest()
+            entries = self._unlist(name)
             entry = next(e for e in entries if e["file"] == source)
-            tmp = self.folder / f".{name}.tmp-{os.getpid()}"
-            tmp.unlink(missing_ok=True)
-            os.link(self.folder / source, tmp)
-            os.replace(tmp, self.folder / name)
-            fsync_dir(self.folder)
-            entries = [e for e in entries if e["file"] != name]
-            entries.append({**entry, "file": name, "kind": name.removesuffix(".pt")})
-            atomic_write_text(self.folder / MANIFEST, json.dumps({"checkpoints": entries}, indent=1))
+            tmp = self.folder / f".{name}{TEMP_MARK}{os.getpid()}"
+            try:
+                tmp.unlink(missing_ok=True)
+                os.link(self.folder / source, tmp)
+                os.replace(tmp, self.folder / name)
+                fsync_dir(self.folder)
+            except OSError as err:
+                tmp.unlink(missing_ok=True)
+                raise CheckpointError(f"{self.folder / name}: cannot link to {source} ({err.strerror}); "
+                                      f"earlier checkpoints are intact") from None
+            self._write_manifest([*entries, {**entry, "file": name, "kind": name.removesuffix(".pt")}])
+
+    def _unlist(self, name: str) -> list[dict]:
+        """Take ``name`` out of the manifest before its file is replaced, so that no failure in between
+        can leave the manifest vouching for content the file no longer has. Returns the other entries."""
+        entries = self.manifest()
+        others = [e for e in entries if e["file"] != name]
+        if len(others) != len(entries):
+            self._write_manifest(others)
+        return others
 
     def _retain(self, entries: list[dict]) -> list[dict]:
+        """Drop the oldest rolling checkpoints beyond keep_last; only files the manifest lists are deleted."""
         rolling = sorted((e for e in entries if e["kind"] in ROLLING_KINDS), key=lambda e: e["step"])
         drop = {e["file"] for e in rolling[: max(0, len(rolling) - self.keep_last)]}
         for name in drop:
-            (self.folder / name).unlink(missing_ok=True)
+            path = self.folder / name
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
         return [e for e in entries if e["file"] not in drop]
 
     def newest_valid(self, warn=warnings.warn) -> tuple[dict, dict] | None:
@@ -221,12 +321,12 @@ class CheckpointStore:
                 warn(f"skipping checkpoint: {err}")
         return None
 
+    def load(self, name: str) -> dict:
+        return read_checkpoint(self.folder, name)
+
     def load_states(self, name: str) -> dict:
         """The registry states (model, optimizer, ema, ...) of a complete checkpoint, from either format."""
         return payload_states(self.load(name))
-
-    def load(self, name: str) -> dict:
-        return read_checkpoint(self.folder, name)
 
 
 class BackgroundWriter:

@@ -11,12 +11,14 @@ Each command imports what it needs when it runs: ``--help``, ``--version``,
 from __future__ import annotations
 
 import argparse
-import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from epochal._version import __version__
 from epochal.errors import ConfigError, EpochalError
+from epochal.signals import PREEMPT_SIGNALS
 
 SHORTHANDS = {  # flag -> dotted config key
     "epochs": "train.max_epochs",
@@ -48,7 +50,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", metavar="PATH", help="start from a run folder's, .pt's or .safetensors' weights (init.path)")
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels (train.deterministic)")
     p.add_argument("--out", help="results folder (default: results)")
-    p.add_argument("--id", dest="experiment_id", help="run folder name (default: <task>-<timestamp>; audit: audit)")
+    p.add_argument("--id", dest="experiment_id", help="run folder name: A-Z a-z 0-9 . _ -, not starting with '.', "
+                   "at most 100 characters (default: <task>-<timestamp>-<random>)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,14 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--resume", choices=["never", "auto"], default="never",
                      help="auto: continue the run folder of the same id if it has a checkpoint")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same id")
-    run.add_argument("--force", action="store_true", help="resume even if the config differs from the checkpoint's")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an existing run folder of the same id (only a folder epochal made)")
+    run.add_argument("--force", action="store_true",
+                     help="resume with changed settings that can change mid-run (see README); refuse others")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     resume = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
     resume.add_argument("run_dir")
     resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    resume.add_argument("--force", action="store_true", help="accept settings that differ from the checkpoint's")
+    resume.add_argument("--force", action="store_true",
+                        help="apply changed settings that can change mid-run (see README); refuse others")
     resume.add_argument("--no-progress", action="store_true")
 
     show = sub.add_parser("show", help="summarise a run folder")
@@ -112,13 +118,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from epochal.api import run
+    from epochal.config import load_toml
+    from epochal.records import check_name
     from epochal.resolve import resolve_config
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.toml").exists():
-        raise EpochalError(f"{run_dir}: not a run folder (no config.toml)")
+        raise EpochalError(f"{run_dir}: not a run folder (no config.toml); allowed: a folder made by `epochal run`")
     _refuse_script_run(run_dir)
-    task, config = resolve_config(None, run_dir / "config.toml", _overrides(args))
+    task, config = resolve_config(None, load_toml(run_dir / "config.toml", label=""), _overrides(args))
+    check_name(f"{run_dir}: folder name", run_dir.resolve().name)
     # The folder may have moved or been renamed since: it is where the run lives now.
     run_dir = run_dir.resolve()
     config.experiment_id, config.out_dir = run_dir.name, str(run_dir.parents[1 if config.group else 0])
@@ -139,15 +148,14 @@ def _refuse_script_run(run_dir: Path) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from epochal.records import check_result, read_json
+
     run_dir = Path(args.run_dir)
     path = run_dir / "result.json"
     if not path.exists():
         raise EpochalError(f"{run_dir}: no result.json; allowed: a run folder made by `epochal run`")
-    try:
-        result = json.loads(path.read_text())
-    except ValueError as err:
-        raise EpochalError(f"{path}: not valid JSON ({err})") from None
-    meta = result.get("metadata", {})
+    result = check_result(read_json(path, "a result.json written by epochal"), path)
+    meta = result["metadata"]
     print(f"{run_dir}: {result['task']}  status {result['status']}  ({meta.get('stop_reason', '')})")
     print(f"epochs {result['epochs']}  steps {result['steps']}  train seconds {meta.get('train_seconds')}")
     if result["curves"].get("train_loss"):
@@ -156,18 +164,25 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"final {name} {value}")
     best = result.get("best")
     if best and best.get("epoch"):
-        print(f"best {best['metric']} {best['value']} at epoch {best['epoch']}")
+        print(f"best {best.get('metric')} {best.get('value')} at epoch {best['epoch']}")
     if "gate_passed" in meta:
-        print(f"gate ({meta['gate']}): {'passed at epoch ' + str(meta['gate_epoch']) if meta['gate_passed'] else 'not passed'}")
-    tested = result.get("test", {})
-    if tested:
-        names = list(next(iter(tested.values())))
+        print(f"gate ({meta.get('gate')}): {'passed at epoch ' + str(meta.get('gate_epoch')) if meta['gate_passed'] else 'not passed'}")
+    tested = {split: values for split, values in result.get("test", {}).items() if isinstance(values, dict)}
+    names = list(next(iter(tested.values()), {}))
+    if names:
         width = max(len(name) for name in names)
         print(f"{'test metric':{width}s}  " + "  ".join(f"{split + ' weights':>12s}" for split in tested))
         for name in names:
-            print(f"{name:{width}s}  " + "  ".join(f"{tested[split].get(name, float('nan')):12.4g}" for split in tested))
+            print(f"{name:{width}s}  " + "  ".join(_cell(tested[split].get(name)) for split in tested))
     print(f"checkpoints in {run_dir / 'checkpoints'}: {', '.join(result.get('checkpoints', [])) or 'none'}")
     return 0
+
+
+def _cell(value) -> str:
+    """A table cell: a number to 4 significant digits; anything else (null for a non-finite value) as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:12.4g}"
+    return f"{str(value):>12s}"
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -201,16 +216,42 @@ COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "tasks": cmd
             "audit": cmd_audit}
 
 
+class Interrupted(EpochalError):
+    """A preemption signal outside training (while starting up, before a run folder exists)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} before any run was training; "
+                         "nothing was left half-written")
+        self.exit_code = 128 + signum
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Until a run installs its own handlers (signals.py), a signal ends the command with one line.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in PREEMPT_SIGNALS} if _main_thread() else {}
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except EpochalError as err:
         print(f"epochal: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a file operation no layer above named: still one line, not a traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"epochal: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("epochal: aborted; checkpoints written before the interrupt are intact", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -225,10 +226,22 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)) if origin is None else str(tp).replace("typing.", "")
 
 
+def _takes_table(tp: Any) -> bool:
+    """Whether a setting of type ``tp`` may be given as a TOML table."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_takes_table(a) for a in typing.get_args(tp))
+    return origin is dict or dataclasses.is_dataclass(tp)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it in that type or raise naming ``key``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if isinstance(value, dict) and value and not _takes_table(tp):
+        # `--set train.max_epochs.foo=1` arrives as a table where a value belongs
+        raise ConfigError(f"{key}.{next(iter(value))}: {key} is a setting, not a section; "
+                          f"allowed: {key} = <{_type_name(tp)}>")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, args))}")
@@ -253,6 +266,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):  # nan/inf would only fail steps later, inside torch
+            raise ConfigError(f"{key}: {value} is not a finite number; allowed: a finite float")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -279,6 +294,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def build_dataclass(cls: type, data: dict, section: str) -> Any:
     """An instance of ``cls`` from a dict: unknown keys, wrong types and missing fields name the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section}: expected a table of settings, got {data!r}; allowed: a [{section}] table")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -324,33 +341,57 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def dotted_to_nested(overrides: dict[str, Any]) -> dict:
+    """{"a.b": 1} -> {"a": {"b": 1}}; a key that is both a setting and a section is an error, in either order."""
     nested: dict = {}
     for key, value in overrides.items():
-        *parents, leaf = key.split(".")
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"{key}: empty part in a dotted key; allowed: section.key=value")
+        *parents, leaf = parts
         node = nested
-        for part in parents:
+        for i, part in enumerate(parents):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {part} is a setting, not a section")
+                raise ConfigError(f"{key}: {'.'.join(parts[: i + 1])} is a setting, not a section; "
+                                  f"allowed: {'.'.join(parts[: i + 1])}=value")
+        if isinstance(node.get(leaf), dict) and not isinstance(value, dict):
+            inner = f"{key}.{next(iter(node[leaf]))}" if node[leaf] else key
+            raise ConfigError(f"{inner}: {key} is a setting, not a section; allowed: {key}=value")
         node[leaf] = value
     return nested
 
 
-def load_toml(path: str | Path) -> dict:
-    """The settings in a TOML file, or in a shipped recipe when ``path`` is a recipe name (``flow-moons``)."""
-    from epochal.recipes import read_config
+def load_toml(path: str | Path, label: str = "--config") -> dict:
+    """The parsed TOML file, or the shipped recipe ``path`` names (``flow-moons``) when no such file exists;
+    one ConfigError naming it if it is missing, a folder, unreadable, not UTF-8 or not TOML."""
+    from epochal import recipes
 
-    label, text = read_config(path)
+    where = f"{label} {path}" if label else str(path)
+    if not Path(path).exists() and str(path) in recipes.names():
+        try:
+            return tomllib.loads(recipes.text(str(path)))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{where} (recipe): not valid TOML ({err})") from None
     try:
-        return tomllib.loads(text)
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file or recipe; recipes: {', '.join(recipes.names())}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: a folder, not a file; allowed: a TOML file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {err.start}); allowed: a UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"--config {label}: not valid TOML ({err})") from None
+        raise ConfigError(f"{where}: not valid TOML ({err}); allowed: a TOML file") from None
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot read ({err.strerror}); allowed: a readable TOML file") from None
 
 
 def layered_task_name(layers: list[dict]) -> str | None:
     """The task a stack of layers names in [task] name (or top-level ``task = "..."``), the last one winning."""
     name = None
     for layer in layers:
+        _check_section_values(layer)
         table = layer.get("task")
         if isinstance(table, str):
             name = table
@@ -365,6 +406,7 @@ def build_config(task: Any, layers: list[dict]) -> RunConfig:
     """The RunConfig of ``task`` (a Task) from nested-dict layers: the task's defaults first, overrides last."""
     data = {}
     for layer in layers:
+        _check_section_values(layer)
         data = merge(data, layer)
     task_table = data.pop("task", {})
     if isinstance(task_table, str):  # `task = "walks"` without settings is a name
@@ -404,6 +446,16 @@ def _check_metric_names(config: RunConfig, declared: tuple[str, ...]) -> None:
 
 
 _SECTIONS = {name: tp for name, tp in typing.get_type_hints(RunConfig).items() if dataclasses.is_dataclass(tp)}
+
+
+def _check_section_values(layer: dict) -> None:
+    """A scalar where a section belongs (`train = 5`) is an error, before a later layer could hide it by merging."""
+    for name in _SECTIONS:
+        if name in layer and not isinstance(layer[name], dict):
+            raise ConfigError(f"{name}: expected a table of settings, got {layer[name]!r}; allowed: a [{name}] table")
+    task = layer.get("task", "")
+    if not isinstance(task, (dict, str)):
+        raise ConfigError(f"task: expected a table or a task name, got {task!r}; allowed: [task] name = \"...\"")
 
 
 def _default_best_metric(config: RunConfig) -> None:

@@ -1,25 +1,67 @@
 """The run folder: config.toml, env.json, history.jsonl, result.json, and its writer lock.
 
 results/<group>/<experiment_id>/
-  config.toml     resolved config, enough to rerun exactly
+  .lock           held (flock) by the one process writing the folder; see lock.py
+  config.toml     resolved config, enough to rerun exactly; written first, before anything slow
   env.json        provenance
   history.jsonl   one object per optimizer step and per epoch, appended and flushed
   result.json     status, metrics, curves, gate metadata; replaced atomically
   checkpoints/    see checkpoint.py
+
+What marks an epochal run folder (the only kind ``--overwrite`` or a restart
+ever empties): a folder whose ``config.toml`` is TOML with a ``[task]`` table
+naming a task, or a folder holding nothing but ``.lock`` (a run killed before it
+wrote its config). Anything else is refused, never deleted.
+
+Names: ``experiment_id`` and ``group`` are each one path component of safe
+characters (see ``check_name``), so a run folder is always directly inside
+``<out>[/<group>]`` and nothing a user types can reach outside it.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
-import os
+import re
+import secrets
+import shutil
+import tomllib
 from pathlib import Path
 from typing import Any
 
-from epochal.checkpoint import atomic_write_text
-from epochal.errors import EpochalError
+from epochal.errors import ConfigError, EpochalError
+from epochal.io import WriteError, atomic_write_text
+from epochal.lock import LOCK_NAME, FolderLock
 
-LOCK = ".lock"
+LOCK = LOCK_NAME
+CONFIG = "config.toml"
+CHECKPOINTS = "checkpoints"
+# Longest experiment_id or group: room for suffixes and well under any file system's name limit.
+MAX_NAME = 100
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+ALLOWED_NAME = f"1 to {MAX_NAME} characters from A-Z a-z 0-9 . _ -, not starting with '.'"
+# Comment lines of config.toml that record settings changed by `--force` (kept across rewrites).
+FORCE_NOTE = "# --force"
+
+
+def check_name(key: str, value: Any) -> None:
+    """ConfigError unless ``value`` is a safe single path component (an id or a group)."""
+    if not isinstance(value, str) or len(value) > MAX_NAME or not _NAME.fullmatch(value):
+        shown = ascii(value) if len(str(value)) <= 40 else f"{ascii(value)[:40]}... ({len(value)} characters)"
+        raise ConfigError(f"{key}: {shown} is not a valid name; allowed: {ALLOWED_NAME}")
+
+
+def check_run_names(experiment_id: str, group: str) -> None:
+    check_name("experiment_id (--id)", experiment_id)
+    if group:
+        check_name("group", group)
+
+
+def default_run_id(task_name: str) -> str:
+    """<task>-<timestamp>-<8 hex>: the random suffix keeps ids unique when many runs start in one second."""
+    task = re.sub(r"[^A-Za-z0-9._-]", "_", task_name).lstrip(".")[:40] or "run"
+    return f"{task}-{datetime.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
 
 
 def finite_or_none(value: Any) -> Any:
@@ -33,14 +75,58 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
-def _pid_alive(pid: int) -> bool:
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The checkpoint files in ``folder`` (temporary files are hidden and never count)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.pt") if p.is_file() and not p.name.startswith("."))
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The parsed file, or one EpochalError naming it (missing, a folder, not UTF-8, not JSON)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        text = path.read_bytes().decode()
+    except FileNotFoundError:
+        raise EpochalError(f"{path}: no such file; allowed: {what}") from None
+    except OSError as err:
+        raise EpochalError(f"{path}: cannot read ({err.strerror}); allowed: {what}") from None
+    except UnicodeDecodeError:
+        raise EpochalError(f"{path}: not UTF-8 text; allowed: {what}") from None
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise EpochalError(f"{path}: not valid JSON ({err}); allowed: {what}") from None
+
+
+# result.json: the keys `epochal show` and later analysis read, with their JSON types.
+_RESULT_KEYS: dict[str, tuple[type, ...]] = {
+    "task": (str,), "status": (str,), "epochs": (int,), "steps": (int,),
+    "metrics": (dict,), "curves": (dict,), "metadata": (dict,),
+}
+_RESULT_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "best": (dict, type(None)), "test": (dict,), "checkpoints": (list,), "eval_epochs": (list,),
+}
+
+
+def check_result(data: Any, path: Path) -> dict:
+    """``data`` if it has the shape of a result.json epochal wrote; else one error naming the file and key."""
+    what = "a result.json written by epochal"
+    if not isinstance(data, dict):
+        raise EpochalError(f"{path}: expected a JSON object, got {type(data).__name__}; allowed: {what}")
+    for key, types in {**_RESULT_KEYS, **_RESULT_OPTIONAL}.items():
+        if key not in data:
+            if key in _RESULT_KEYS:
+                raise EpochalError(f"{path}: missing key {key!r}; allowed: {what}")
+            continue
+        value = data[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            names = " or ".join("null" if t is type(None) else {dict: "object", list: "list"}.get(t, t.__name__)
+                                for t in types)
+            raise EpochalError(f"{path}: {key!r} is {type(value).__name__}, expected {names}; allowed: {what}")
+    for name, curve in data["curves"].items():
+        if not isinstance(curve, list):
+            raise EpochalError(f"{path}: curves.{name} is {type(curve).__name__}, expected a list; allowed: {what}")
+    return data
 
 
 class RunFolder:
@@ -49,49 +135,128 @@ class RunFolder:
         self.history_path = self.path / "history.jsonl"
         self.result_path = self.path / "result.json"
         self._history = None
+        self._lock = FolderLock(self.path)
 
+    # ------------------------------------------------------------- claiming it
     def acquire(self) -> None:
-        """Claim the folder for this process; a live holder makes this fail, a dead one is taken over."""
-        lock = self.path / LOCK
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                holder = 0
-            if holder and holder != os.getpid() and _pid_alive(holder):
-                raise EpochalError(f"{self.path}: in use by process {holder} (lock {lock}); wait for it or stop it") from None
-            lock.write_text(str(os.getpid()))
-            return
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-
-    def _close_history(self) -> None:
-        if self._history is not None:
-            self._history.close()
-            self._history = None
+        """Claim the folder for this process; a live holder makes this fail, a dead one never holds it."""
+        self._lock.acquire()
 
     def release(self) -> None:
         self._close_history()
-        lock = self.path / LOCK
+        self._lock.release()
+
+
+    def open(self, resume: str, overwrite: bool) -> bool:
+        """Create and lock the folder and make it ready; True if it holds checkpoints to resume from.
+
+        Every decision is taken under the lock (two starts on one id see each other).
+        Refusals leave the folder as it was.
+        """
+        if self.path.is_symlink():  # what it points to may be anywhere: never lock, clear or write it from here
+            raise EpochalError(f"{self.path}: a symbolic link; allowed: a real folder inside --out "
+                               f"(resume a linked run by its real path)")
+        if resume == "must" and not (self.path / CONFIG).is_file():
+            raise EpochalError(f"{self.path}: not a run folder (no {CONFIG}); allowed: a folder made by `epochal run`")
         try:
-            if int(lock.read_text().strip()) == os.getpid():
-                lock.unlink()
-        except (OSError, ValueError):
-            pass
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise EpochalError(f"{self.path}: cannot create the run folder ({err.strerror})") from None
+        self.acquire()
+        try:
+            existing = bool(checkpoint_files(self.path / CHECKPOINTS))
+            occupied = any(child.name != LOCK for child in self.path.iterdir())
+            if resume == "never" and occupied:
+                if not overwrite:
+                    raise EpochalError(f"{self.path}: run folder exists; use --resume auto to continue it "
+                                       f"or --overwrite to replace it")
+                self.clear()
+                return False
+            if resume != "never" and not existing and occupied:
+                self.clear()  # nothing to resume: start from step 0 in a clean folder
+            return resume != "never" and existing
+        except BaseException:
+            self.release()
+            raise
 
-    def write_text(self, name: str, text: str) -> None:
-        atomic_write_text(self.path / name, text)
+    def remove_created(self, created: Path | None, everything: bool = False) -> None:
+        """Undo a failed start: the folders this start made (``created`` and below), never anything older.
 
+        Without ``everything`` only empty folders go: a start that failed before writing
+        anything must not delete what another process may have put there since.
+        """
+        if created is None:
+            return
+        if everything:
+            shutil.rmtree(self.path, ignore_errors=True)
+        for path in (self.path, *self.path.parents):
+            if not path.is_relative_to(created):
+                break
+            try:
+                path.rmdir()
+            except OSError:
+                break
+
+    def is_run_folder(self) -> bool:
+        """Whether this is a folder epochal made (see the module docstring), so it may be emptied."""
+        if self.path.is_symlink() or not self.path.is_dir():
+            return False
+        if all(child.name == LOCK for child in self.path.iterdir()):
+            return True
+        try:
+            config = tomllib.loads((self.path / CONFIG).read_bytes().decode())
+        except (OSError, ValueError):  # missing, a folder, not UTF-8, not TOML
+            return False
+        task = config.get("task")
+        return isinstance(task, dict) and isinstance(task.get("name"), str)
+
+    def clear(self) -> None:
+        """Empty a run folder (keeping the lock); refuse, deleting nothing, if it is not one."""
+        if self.path.is_symlink():
+            raise EpochalError(f"{self.path}: a symbolic link; allowed to replace: a run folder inside --out")
+        if not self.is_run_folder():
+            raise EpochalError(f"{self.path}: not an epochal run folder (no {CONFIG} with a [task] table); "
+                               f"nothing deleted; allowed: a run folder, an empty folder, or another --id")
+        for child in self.path.iterdir():
+            if child.name == LOCK:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+    # ----------------------------------------------------------------- writing
     def write_json(self, name: str, data: dict) -> None:
         atomic_write_text(self.path / name, json.dumps(finite_or_none(data), indent=1) + "\n")
 
+    def write_config(self, toml_text: str, notes: list[str] = ()) -> None:
+        """config.toml; ``notes`` (settings changed by --force, and from which step) join earlier ones as comments."""
+        kept = [line for line in self._config_lines() if line.startswith(FORCE_NOTE)]
+        header = "".join(f"{line}\n" for line in [*kept, *notes])
+        atomic_write_text(self.path / CONFIG, header + toml_text)
+
+    def _config_lines(self) -> list[str]:
+        try:
+            return (self.path / CONFIG).read_bytes().decode().splitlines()
+        except (OSError, ValueError):
+            return []
+
+    def _close_history(self) -> None:
+        if self._history is not None:
+            history, self._history = self._history, None
+            try:
+                history.close()
+            except OSError:
+                pass  # a failed flush was already reported by append_history
+
     def append_history(self, records: list[dict]) -> None:
-        if self._history is None:
-            self._history = open(self.history_path, "a")
-        self._history.write("".join(json.dumps(finite_or_none(r)) + "\n" for r in records))
-        self._history.flush()
+        try:
+            if self._history is None:
+                self._history = open(self.history_path, "a")
+            self._history.write("".join(json.dumps(finite_or_none(r)) + "\n" for r in records))
+            self._history.flush()
+        except OSError as err:
+            raise WriteError(self.history_path, err) from None
 
     def truncate_history(self, step: int, epochs_done: int) -> None:
         """Keep what a checkpoint at (step, epochs_done) already covers; resume rewrites the rest."""
@@ -99,11 +264,10 @@ class RunFolder:
         if not self.history_path.exists():
             return
         keep = []
-        for line in self.history_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                break  # a line cut short by a kill: nothing after it was complete either
+        for line in self.history_path.read_bytes().decode(errors="replace").splitlines():
+            record = _history_record(line)
+            if record is None:
+                break  # a line cut short by a kill (or not ours): nothing after it counts either
             if ("epoch_end" in record and record["epoch"] <= epochs_done) or (
                 "epoch_end" not in record and record["step"] <= step
             ):
@@ -113,7 +277,20 @@ class RunFolder:
     def read_result(self) -> dict | None:
         if not self.result_path.exists():
             return None
-        return json.loads(self.result_path.read_text())
+        return check_result(read_json(self.result_path, "a result.json written by epochal"), self.result_path)
+
+
+def _history_record(line: str) -> dict | None:
+    """A history line as a dict with the keys truncation reads, or None if it is not one."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    key = "epoch" if "epoch_end" in record else "step"
+    value = record.get(key)
+    return record if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

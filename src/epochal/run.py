@@ -44,6 +44,7 @@ class Run:
         train, device = config.train, context.device
         self.task, self.config, self.folder, self.context, self.printer = task, config, folder, context, log
         self.dir, self.device, self.eval_context = folder.path, device, built.eval_context
+        self.signals = signals  # the preemption signals received (a test may set one as a scheduler would)
         self.model = built.model.to(device)
         forward_model = torch.compile(self.model) if train.compile else self.model
         self.batches = make_batches(built.train_data, device, train.batch_size, train.seed, train.drop_last,

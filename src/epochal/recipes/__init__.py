@@ -48,19 +48,3 @@ def by_task() -> dict[str | None, list[str]]:
     for name in names():
         grouped.setdefault(task_of(name), []).append(name)
     return grouped
-
-
-def read_config(source: str | Path) -> tuple[str, str]:
-    """(how to name it in messages, text) of ``--config``: an existing file, else a recipe name.
-
-    A file wins over a recipe of the same name, so a local edit is never shadowed.
-    """
-    path = Path(source)
-    if path.is_file():
-        try:
-            return str(path), path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"--config {path}: cannot be read ({err})") from None
-    if str(source) in names():
-        return f"{source} (recipe)", text(str(source))
-    raise ConfigError(f"--config {source}: no such file or recipe; recipes: {', '.join(names())}")

@@ -173,7 +173,7 @@ class ScratchMLPTask(Task):
     def own_loop(self, config: RunConfig, folder: RunFolder, log) -> dict:
         cfg = run_settings(config)
         applied = applied_settings(config)
-        folder.path.joinpath("config.toml").write_text(tomli_w.dumps(applied))
+        folder.write_config(tomli_w.dumps(applied))
         # The hash of what config.toml resolves to: settings that ran alike (progress, ...) do not change it.
         config_hash = build_config(self, [applied]).hash()
         folder.write_json("env.json", provenance.collect(torch.device("cpu"), cfg.seed))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from epochal.errors import ConfigError
+from epochal.io import atomic_write_text
 from epochal.tasks.flow.splits import Splits, nested_splits
 
 
@@ -143,7 +144,7 @@ class NormStats:
     def save(self, path: Path) -> None:
         """JSON, not a pickle: readable by anything and safe to load. Float reprs round-trip exactly."""
         payload = {"format": self.FORMAT, "mean": self.mean.tolist(), "std": self.std.tolist()}
-        path.write_text(json.dumps(payload, indent=1) + "\n")
+        atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "NormStats":
@@ -229,5 +230,5 @@ def build_flow_data(
     if run_dir is not None:
         stats.save(Path(run_dir) / STATS_FILE)
         summary = {"train_fraction": train_fraction, "seed": seed, **splits.sizes(train_fraction)}
-        (Path(run_dir) / SPLITS_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        atomic_write_text(Path(run_dir) / SPLITS_FILE, json.dumps(summary, indent=1) + "\n")
     return data

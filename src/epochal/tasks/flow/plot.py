@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from epochal.io import atomic_write_bytes
 
 
 def plot_samples(samples: np.ndarray, data: np.ndarray, path: Path, title: str = "") -> Path | None:
@@ -37,5 +40,7 @@ def plot_samples(samples: np.ndarray, data: np.ndarray, path: Path, title: str =
         title = f"{title} (first 2 of {data.shape[1]} dims)".strip()
     figure.suptitle(title)
     path = Path(path)
-    figure.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from epochal.io import atomic_write_text
+
 METACHARACTERS = frozenset(".[]()|*+?{}\\^$-")
 SUPPORTED_SYNTAX = (
     "literals over the alphabet, '.', classes [abc] [a-c] [^ab], '|', '*', '+', '?', "
@@ -427,7 +429,7 @@ class DFA:
         return cls(alphabet, transitions, accepting, data.get("pattern", ""), data["start"])
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
 
 
 def check_alphabet(alphabet: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:

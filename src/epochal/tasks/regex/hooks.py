@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from safetensors.torch import save_file
-
 from epochal.callbacks.base import Callback
+from epochal.checkpoint import save_safetensors
 
 
 class CaptureInternals(Callback):
@@ -30,7 +29,7 @@ class CaptureInternals(Callback):
         captured.update({name: outputs[name] for name in ("attention", "hidden", "next", "class", "state")})
         folder = run.dir / "captures"
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(
+        save_safetensors(
             {name: value.detach().float().cpu().contiguous() if value.is_floating_point() else value.cpu().contiguous()
              for name, value in captured.items()},
             str(folder / f"epoch_{run.state.epoch:04d}.safetensors"),  # the epoch just finished, 1-based

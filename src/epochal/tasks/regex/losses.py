@@ -51,7 +51,7 @@ def masked_cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor, mask: t
 
 def normalisers(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """[B, 4]: every row holds the whole batch's kept-position counts per component and its size B."""
-    size = len(batch["tokens"])
+    size = len(batch["next_mask"])
     counts = [batch[f"{name}_mask"].sum().clamp_min(1) for name in COMPONENTS]
     row = torch.stack([*counts, torch.as_tensor(size, device=counts[0].device)]).float()
     return row.expand(size, -1)
@@ -63,7 +63,7 @@ def multitask_terms(
     """(sum, count) pairs of "loss", "loss_next", "loss_class", "loss_state" and "l1" whose totals over
     the micro-batches of a batch, sum over count, are that batch's ``multitask_loss``."""
     norm = batch["normalisers"][0] if "normalisers" in batch else normalisers(batch)[0]
-    size = len(batch["tokens"])
+    size = len(batch["next_mask"])
     pairs = {f"loss_{name}": masked_cross_entropy_sum(outputs[name], batch[f"{name}_target"], batch[f"{name}_mask"])
              for name in COMPONENTS}
     lambdas = (weights.next, weights.cls, weights.state)

@@ -32,13 +32,14 @@ conflict too often.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from epochal.io import atomic_write_bytes
 
 from epochal.tasks.walks.graph import Graph, Jumper, check_jumpers, pair_reach_sets, reach_sets
 
@@ -185,18 +186,11 @@ def build_corpus(
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write then rename, so a reader never sees half a file."""
+    """Through epochal.io, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def save_graph(path: str | Path, graph: Graph, jumpers: Sequence[Jumper]) -> None:

@@ -1,0 +1,50 @@
+"""Signals at any moment: before the run folder exists one line and nothing written; after, a resumable folder."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+WALKS = ["--set", "task.n_vertices=16", "--set", "task.n_blocks=2", "--set", "task.n_jumpers=2",
+         "--set", "task.rule_distance=3", "--set", "task.num_walks=4000", "--set", "task.walk_length=34",
+         "--set", "task.eval_sequences=40", "--set", "task.context=16", "--set", "task.d_model=16",
+         "--set", "task.n_layers=1", "--set", "task.n_heads=2", "--epochs", "1"]
+
+
+def start(tmp_path, *args):
+    return subprocess.Popen([sys.executable, "-m", "epochal.cli", "run", *args, "--out", str(tmp_path), "--id", "r",
+                             "--no-progress"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_signal_once_the_run_folder_exists_leaves_a_preempted_resumable_run(tmp_path):
+    proc = start(tmp_path, "walks", *WALKS)
+    config = tmp_path / "r" / "config.toml"
+    deadline = time.monotonic() + 60
+    while not config.exists() and time.monotonic() < deadline:  # written before the task is built
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert result["status"] == "preempted" and "SIGTERM" in result["metadata"]["stop_reason"]
+    resumed = subprocess.run([sys.executable, "-m", "epochal.cli", "resume", str(tmp_path / "r"), "--no-progress"],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "completed"
+
+
+def test_a_signal_before_any_run_folder_is_one_line_and_writes_nothing(tmp_path):
+    proc = start(tmp_path, "toy")
+    time.sleep(0.3)  # inside the interpreter's start-up or the CLI's imports, long before a folder exists
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert not (tmp_path / "r").exists()
+    assert "Traceback" not in err
+    if proc.returncode != -signal.SIGTERM:  # the CLI's handler was installed in time (the usual case)
+        assert proc.returncode == 128 + signal.SIGTERM and err.count("\n") == 1 and "interrupted by SIGTERM" in err
