@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("paths", nargs="*", metavar="PATH", help="run folders or folders holding them (default: results)")
     runs.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                       help="keep runs whose column, setting or metric matches; also !=, <, <=, >, >=; repeatable")
-    runs.add_argument("--sort", metavar="KEY", help="sort by a metric, setting or column; -KEY for descending")
+    runs.add_argument("--sort", metavar="KEY", help="sort by a metric, setting or column (--sort=-KEY: descending)")
+    runs.add_argument("--desc", action="store_true", help="sort in descending order")
     runs.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     compare = sub.add_parser("compare", help="settings that differ, metrics side by side, where curves diverge")
@@ -197,7 +198,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from epochal.runs import format_rows, runs_index
 
-    print(format_rows(runs_index(args.paths, args.where, args.sort), args.format))
+    sort = f"-{args.sort.lstrip('-')}" if args.sort and args.desc else args.sort
+    print(format_rows(runs_index(args.paths, args.where, sort), args.format))
     return 0
 
 

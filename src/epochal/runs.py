@@ -221,7 +221,9 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
             columns += [k for k in row if k not in columns]
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        # Booleans as the --where syntax writes them; numbers in full precision.
+        writer.writerows({k: _cell(v) if isinstance(v, (bool, list, dict)) else v for k, v in row.items()}
+                         for row in rows)
         return out.getvalue().rstrip("\n")
     if not rows:
         return "no run folders match"

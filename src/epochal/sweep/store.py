@@ -81,13 +81,18 @@ def open_storage(url: str | None, sweep_dir: Path):
 
 
 # --------------------------------------------------------------- worker identity
-def _start_time(pid: int) -> str | None:
-    """When a process started (Linux): with the pid, tells a live worker from a reused pid."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (Linux): state first, start time at index 19."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _start_time(pid: int) -> str | None:
+    """When a process started: with the pid, tells a live worker from a reused pid."""
+    stat = _proc_stat(pid)
+    return stat[19] if stat and len(stat) > 19 else None
 
 
 def this_worker() -> dict[str, Any]:
@@ -105,6 +110,9 @@ def worker_dead(worker: dict[str, Any]) -> bool:
         return True
     except PermissionError:
         pass
+    stat = _proc_stat(pid)
+    if stat and stat[0] in ("Z", "X"):
+        return True  # killed, not yet reaped (its parent died with it)
     started = worker.get("started")
     return started is not None and _start_time(pid) not in (None, started)
 
