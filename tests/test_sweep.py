@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -139,7 +141,7 @@ def test_sweep_killed_mid_trial_resumes_to_the_same_results(grid_sweep, tmp_path
     spec = write(tmp_path / "spec.toml", GRID_SPEC)
     # The worker that reaches its second run kills the coordinator and both workers at step 5 of it.
     proc = subprocess.Popen([sys.executable, "-m", "epochal.cli", "sweep", str(spec), "--out", str(tmp_path),
-                             "--id", "killed", "--workers", "2"], env=env_for_subprocess(EPOCHAL_SWEEP_KILL_GROUP_AT="2:5"),
+                             "--id", "killed", "--workers", "2"], env=env_for_subprocess(EPOCHAL_SWEEP_SIGNAL_AT="2:5"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == -signal.SIGKILL, err
@@ -166,6 +168,37 @@ def test_sweep_killed_mid_trial_resumes_to_the_same_results(grid_sweep, tmp_path
     assert {p["point"]: p["value"] for p in summary["points"]} == expected
     complete = [t.user_attrs["point"] for t in study_trials(sweep_dir) if t.state.name == "COMPLETE"]
     assert sorted(complete) == sorted(expected)  # each point completed by exactly one trial
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path, capsys):
+    spec = write(tmp_path / "spec.toml", """
+task = "toy"
+metric = "eval_mse"
+[space]
+"optim.lr" = [1e-3, 3e-3]
+[set]
+"train.max_epochs" = 2
+"task.n_train" = 128
+"task.n_eval" = 64
+"train.batch_size" = 32
+""")
+    # At step 3 of the first run, SIGTERM reaches the sweep, as a scheduler's would.
+    proc = subprocess.run([sys.executable, "-m", "epochal.cli", "sweep", str(spec), "--out", str(tmp_path), "--id", "t"],
+                          env=env_for_subprocess(EPOCHAL_SWEEP_SIGNAL_AT="1:3:TERM"), capture_output=True, text=True,
+                          timeout=240, start_new_session=True)
+    assert proc.returncode == 75, proc.stderr
+    sweep_dir = tmp_path / "t"
+    summary = json.loads((sweep_dir / "sweep.json").read_text())
+    assert summary["state"] == "interrupted" and [p["status"] for p in summary["points"]] == ["waiting"]
+    (first,) = run_folders(sweep_dir).values()  # the worker stopped: no other run began
+    assert result(first)["status"] == "preempted"
+
+    code, out, _ = cli(capsys, "sweep", "--resume", sweep_dir)
+    summary = json.loads((sweep_dir / "sweep.json").read_text())
+    assert code == 0 and summary["state"] == "finished" and summary["counts"]["completed"] == 2
+    assert [s["from_step"] for s in trial_record(first)["starts"]] == [0, 3]
+    assert result(first)["steps"] == 8
 
 
 def test_tpe_with_median_pruner_marks_some_trials_pruned(tmp_path, capsys):
@@ -268,6 +301,21 @@ def test_random_points_do_not_depend_on_the_history_of_retries(tmp_path):
         return suggest(study.ask(), spec.space)
 
     assert draw(1) == draw(1) and draw(0) != draw(1)
+
+
+def test_the_readme_specs_are_valid():
+    """Every spec in the README's Sweeps section parses and resolves (the grid one is GRID_SPEC's shape)."""
+    from epochal.sweep.spec import base_config, load_task, parse_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    section = (repo / "README.md").read_text().split("## Sweeps\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
+    methods = []
+    for block in blocks:
+        spec = parse_spec(tomllib.loads(block))
+        base_config(spec, load_task(spec.task), repo)
+        methods.append(spec.method)
+    assert methods == ["grid", "random", "tpe"]
 
 
 @pytest.mark.parametrize("text, fragment", [

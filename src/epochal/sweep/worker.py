@@ -37,7 +37,7 @@ from epochal.sweep.store import open_storage, reclaim, require_optuna, retried_n
 FINAL = ("completed", "failed", "pruned")
 WAIT_SECONDS = 0.5  # how often a duplicate trial looks at a run folder another worker is training
 STORAGE_ENV = "EPOCHAL_SWEEP_STORAGE"  # the storage URL reaches workers here, not on the process list
-KILL_ENV = "EPOCHAL_SWEEP_KILL_GROUP_AT"  # test hook "RUN:STEP": SIGKILL the whole sweep there
+SIGNAL_ENV = "EPOCHAL_SWEEP_SIGNAL_AT"  # test hook "RUN:STEP[:SIGNAL]": signal the whole sweep there (KILL)
 
 
 class TrialEnded(Exception):
@@ -96,17 +96,18 @@ class SweepTrial(Callback):
         return None
 
 
-class KillGroupAt(Callback):
-    """Test hook: SIGKILL the coordinator and every worker (one process group) mid-run, as a crash would."""
+class SignalGroupAt(Callback):
+    """Test hook: signal the coordinator and every worker (one process group) mid-run: SIGKILL as a
+    crash would, SIGTERM as a scheduler would."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int, signum: int = signal.SIGKILL):
+        self.step, self.signum = step, signum
 
     def on_step_end(self, run) -> None:
         if run.state.step == self.step:
             import os
 
-            os.killpg(os.getpgid(0), signal.SIGKILL)
+            os.killpg(os.getpgid(0), self.signum)
 
 
 # ------------------------------------------------------------------ the worker
@@ -121,7 +122,8 @@ class Worker:
     echo: Callable[[str], None] = print
     signal_received: int | None = None
     runs_started: int = 0
-    kill_at: tuple[int, int] | None = None
+    signal_at: tuple[int, int, int] | None = None  # test hook: (run, step, signal)
+    interrupted: set[int] = field(default_factory=set)  # trials a signal stopped here: retried after they end
     log_file: Any = field(default=None, repr=False)
 
     @property
@@ -152,7 +154,8 @@ class Worker:
         self.signal_received = signum
 
     def after_trial(self, study, trial) -> None:
-        if trial.user_attrs.get("interrupted"):
+        # Not a user attribute: a retry copies those, and would be retried again.
+        if trial.number in self.interrupted:
             retry_callback()(study, trial)
         reclaim(study, self.storage)
         from epochal.sweep.summary import write_summary
@@ -176,7 +179,7 @@ class Worker:
             outcome = self.run_seed(trial, params, key, seed, first=index == 0)
             self.echo(f"trial {trial.number} {_show(params)} seed {seed}: {_describe(outcome, self.spec.metric)}")
             if outcome.status == "interrupted":
-                trial.set_user_attr("interrupted", True)
+                self.interrupted.add(trial.number)
                 raise TrialInterrupted(f"interrupted at seed {seed}")
             outcomes[seed] = outcome
             if outcome.status == "pruned":
@@ -230,8 +233,8 @@ class Worker:
             report = self.spec.metric if first and self.spec.pruner.kind != "none" else None
             callbacks: list[Callback] = [SweepTrial(trial, info, report, self.spec.pruner.kind)]
             self.runs_started += 1
-            if self.kill_at and self.kill_at[0] == self.runs_started:
-                callbacks.append(KillGroupAt(self.kill_at[1]))
+            if self.signal_at and self.signal_at[0] == self.runs_started:
+                callbacks.append(SignalGroupAt(*self.signal_at[1:]))
             try:
                 result = train(self.task, config, out_dir=self.runs_dir, experiment_id=folder.name, resume="auto",
                                callbacks=callbacks, log=self.log)
@@ -244,6 +247,8 @@ class Worker:
                 self.log(f"{folder.name}: {type(err).__name__}: {err}")
                 return Outcome("failed", reason=f"{type(err).__name__}: {err}")
             if result.status == "preempted":
+                # The run's own handler took the signal: the worker stops too.
+                self.signal_received = self.signal_received or signal.SIGTERM
                 return Outcome("interrupted")
             return outcome_of(result.result, self.spec)
 
@@ -375,6 +380,16 @@ def make_pruner(spec: SweepSpec, base: dict):
     return optuna.pruners.NopPruner()
 
 
+def signal_hook() -> tuple[int, int, int] | None:
+    import os
+
+    text = os.environ.get(SIGNAL_ENV)
+    if not text:
+        return None
+    run_number, step, *name = text.split(":")
+    return int(run_number), int(step), int(getattr(signal, f"SIG{name[0] if name else 'KILL'}"))
+
+
 def open_worker(sweep_dir: Path, storage_url: str | None, echo: Callable[[str], None] = print) -> Worker:
     optuna = require_optuna()
     summary = json.loads((sweep_dir / "sweep.json").read_text())
@@ -383,7 +398,7 @@ def open_worker(sweep_dir: Path, storage_url: str | None, echo: Callable[[str], 
     storage = open_storage(storage_url, sweep_dir)
     study = optuna.load_study(study_name=summary["study"], storage=storage, sampler=make_sampler(spec),
                               pruner=make_pruner(spec, base))
-    return Worker(sweep_dir, spec, study, storage, load_task(spec.task), base, echo)
+    return Worker(sweep_dir, spec, study, storage, load_task(spec.task), base, echo, signal_at=signal_hook())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,8 +409,6 @@ def main(argv: list[str] | None = None) -> int:
     sweep_dir = Path((argv or sys.argv[1:])[0])
     try:
         worker = open_worker(sweep_dir, os.environ.get(STORAGE_ENV) or None, echo=lambda m: print(m, flush=True))
-        kill = os.environ.get(KILL_ENV)
-        worker.kill_at = tuple(int(x) for x in kill.split(":")) if kill else None
         (sweep_dir / "logs").mkdir(exist_ok=True)
         with open(sweep_dir / "logs" / f"worker-{socket.gethostname()}-{os.getpid()}.log", "a") as log_file:
             worker.log_file = log_file
