@@ -98,10 +98,10 @@ def main() -> None:
     parser.add_argument("--work-ms", type=float, default=20.0, help="simulated work per trial")
     args = parser.parse_args()
     print(f"{args.workers} workers x {args.trials} trials, {args.work_ms:g} ms of work per trial")
-    print(f"{'storage':18s} {'errors':>6s} {'complete':>9s} {'dup':>4s} {'storage ms/trial':>17s}  first error")
+    print(f"{'storage':22s} {'errors':>6s} {'complete':>9s} {'dup':>4s} {'storage ms/trial':>17s}  first error")
     for kind in STORAGES:
         r = measure(kind, args.workers, args.trials, args.work_ms)
-        print(f"{r['storage']:18s} {r['errors']:6d} {r['complete']:4d}/{r['expected']:<4d} {r['duplicate_numbers']:4d} "
+        print(f"{r['storage']:22s} {r['errors']:6d} {r['complete']:4d}/{r['expected']:<4d} {r['duplicate_numbers']:4d} "
               f"{r['ms_per_trial']:17.1f}  {r['first_error']}")
 
 

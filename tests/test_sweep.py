@@ -347,6 +347,21 @@ def test_sweep_arguments_and_folders_are_checked(tmp_path, capsys):
     assert code == 1 and "not a sweep folder" in err
     code, _, err = cli(capsys, "sweep", spec, "--id", "a/b")
     assert code == 2 and "--id 'a/b': not a folder name" in err
+    code, _, err = cli(capsys, "sweep", spec, "--out", tmp_path / "out", "--workers", 0)
+    assert code == 2 and "--workers: 0 must be positive" in err and not (tmp_path / "out").exists()
+
+
+def test_an_sql_storage_url_holds_the_study(tmp_path, capsys):
+    spec = write(tmp_path / "spec.toml", 'task = "toy"\nmetric = "eval_mse"\n[space]\n"optim.lr" = [1e-3]\n'
+                                         '[set]\n"train.max_epochs" = 1\n"task.n_train" = 64\n"task.n_eval" = 32')
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    code, _, err = cli(capsys, "sweep", spec, "--out", tmp_path, "--id", "sql", "--storage", url)
+    assert code == 0, err
+    assert not (tmp_path / "sql" / "optuna.journal").exists()
+    assert [t.state.name for t in study_trials(tmp_path / "sql", url)] == ["COMPLETE"]
+    code, _, err = cli(capsys, "sweep", spec, "--out", tmp_path / "out", "--storage", "nosuchdb://host/db")
+    assert code == 1 and err.count("\n") == 1 and "--storage nosuchdb://host/db: cannot open" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_optuna_names_the_extra(monkeypatch, tmp_path, capsys):
@@ -382,6 +397,29 @@ def test_in_use_tells_a_live_holder_from_a_dead_one(tmp_path):
         holder.kill()
         holder.join()
     assert not in_use(folder)  # a dead holder's lock is free to take
+
+
+def test_a_dead_workers_trial_is_retried_with_its_point_and_a_live_ones_is_not(tmp_path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from epochal.sweep.store import reclaim, this_worker
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
+    study = optuna.create_study(study_name="s", storage=storage)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead, alive = study.ask(), study.ask()
+    for trial, worker in ((dead, {**this_worker(), "pid": gone.pid, "started": None}), (alive, this_worker())):
+        trial.suggest_float("x", 0, 1)
+        trial.set_user_attr("worker", worker)
+    assert reclaim(study, storage) == [dead.number]
+    trials = {t.number: t for t in study.get_trials()}
+    (retry,) = [t for t in trials.values() if t.state.name == "WAITING"]
+    assert trials[dead.number].state.name == "FAIL" and trials[alive.number].state.name == "RUNNING"
+    assert retry.params == trials[dead.number].params and retry.system_attrs["retry_history"] == [dead.number]
+    # Taken by a new worker that has not yet written its identity: not mistaken for the dead one.
+    assert study.ask().number == retry.number and reclaim(study, storage) == []
 
 
 # ------------------------------------------------------------------ PostgreSQL

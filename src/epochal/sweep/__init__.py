@@ -55,15 +55,24 @@ def check_id(sweep_id: str) -> str:
     return sweep_id
 
 
+def check_workers(workers: int) -> int:
+    if workers < 1:
+        raise ConfigError(f"--workers: {workers} must be positive; allowed: >= 1")
+    return workers
+
+
 def start_sweep(spec_path: str | Path, out_dir: str | Path = "results", sweep_id: str | None = None,
                 workers: int = 1, storage: str | None = None, echo: Callable[[str], None] = print) -> int:
     """Start a sweep, or join one of the same id and spec (another machine, the same --storage)."""
+    check_workers(workers)
     require_optuna()
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)
     task = load_task(spec.task)
     base = base_config(spec, task, spec_path.parent).to_dict()
     sweep_dir = Path(out_dir) / check_id(sweep_id or default_id(spec_path))
+    if storage is not None:
+        open_storage(storage, sweep_dir)  # a database that cannot be reached is refused before any folder exists
     text = spec_path.read_text()
     if (sweep_dir / "spec.toml").exists():
         if (sweep_dir / "spec.toml").read_text() != text:
@@ -86,6 +95,7 @@ def start_sweep(spec_path: str | Path, out_dir: str | Path = "results", sweep_id
 def resume_sweep(sweep_dir: str | Path, workers: int = 1, storage: str | None = None,
                  echo: Callable[[str], None] = print) -> int:
     """Continue a sweep: finished points are kept, interrupted ones continue from their runs' checkpoints."""
+    check_workers(workers)
     require_optuna()
     sweep_dir = Path(sweep_dir)
     summary = read_summary(sweep_dir)
@@ -105,8 +115,6 @@ def resume_sweep(sweep_dir: str | Path, workers: int = 1, storage: str | None = 
 
 def _drive(sweep_dir: Path, spec: SweepSpec, workers: int, storage_url: str | None,
            echo: Callable[[str], None]) -> int:
-    if workers < 1:
-        raise ConfigError(f"--workers: {workers} must be positive; allowed: >= 1")
     optuna = require_optuna()
     storage = open_storage(storage_url, sweep_dir)
     study = optuna.create_study(study_name=read_summary(sweep_dir).get("study", sweep_dir.name), storage=storage,
@@ -122,12 +130,22 @@ def _drive(sweep_dir: Path, spec: SweepSpec, workers: int, storage_url: str | No
         code = open_worker(sweep_dir, storage_url, echo).work()
     else:
         code = _run_processes(sweep_dir, workers, storage_url)
-    unfinished = pending(study, spec) or any(t.state.name in ("RUNNING", "WAITING") for t in study.get_trials())
-    summary = write_summary(sweep_dir, study, spec, "interrupted" if unfinished else "finished")
+    left = pending(study, spec)  # trials still to ask for, or retries waiting
+    running = sum(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False))
+    if not left and not running:
+        state = "finished"
+    else:
+        # Trials running when this machine's workers ended normally are other machines' (or workers') business.
+        state = "running" if not left and code == 0 else "interrupted"
+    summary = write_summary(sweep_dir, study, spec, state)
     _print_summary(summary, sweep_dir, echo)
-    if unfinished:
+    if state == "running":
+        echo(f"{running} trial(s) still running on other workers; their results reach {sweep_dir / 'sweep.json'}")
+    if state == "interrupted":
         echo(f"not finished; continue with: epochal sweep --resume {sweep_dir}")
         return code or PREEMPTED_EXIT_CODE
+    if code:
+        echo(f"a worker exited with an error (see {sweep_dir / 'logs'}); the others finished the sweep")
     return 0
 
 
