@@ -31,6 +31,7 @@ from epochal.config import load_toml
 from epochal.decisions import Stop
 from epochal.errors import ConfigError, EpochalError
 from epochal.records import RunFolder
+from epochal.signals import PREEMPTED_EXIT_CODE
 from epochal.sweep.spec import SweepSpec, grid_space, load_task, parse_spec, point_key, run_id, suggest, trial_config
 from epochal.sweep.store import open_storage, reclaim, require_optuna, retried_numbers, retry_callback, this_worker
 
@@ -147,7 +148,7 @@ class Worker:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return 75 if self.signal_received is not None else 0
+        return PREEMPTED_EXIT_CODE if self.signal_received is not None else 0
 
     def _on_signal(self, signum, frame) -> None:
         # Between runs: finish nothing more. Inside a run, epochal's own handler saves and stops it.
