@@ -1,4 +1,4 @@
-"""The ``epochal`` command: run, resume, show, tasks, recipe, audit.
+"""The ``epochal`` command: run, resume, show, tasks, recipe, audit, sweep, runs, compare.
 
 Bad input ends with one line on stderr naming what is wrong and what is
 allowed, exit code 2 for a bad config or argument, 1 for other errors, and no
@@ -90,6 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(audit)
     audit.add_argument("--kills", type=int, default=3, help="SIGKILLs at random steps (default 3)")
     audit.add_argument("--every-steps", type=int, default=7, help="mid-epoch checkpoint interval during the audit")
+
+    sweep = sub.add_parser("sweep", help="run a search space of settings (Optuna): grid, random or tpe")
+    sweep.add_argument("spec", nargs="?", metavar="SPEC.toml", help="the sweep spec (see README, Sweeps)")
+    sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue a sweep folder instead of starting one")
+    sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    sweep.add_argument("--storage", metavar="URL",
+                       help="SQLAlchemy URL of a shared database (postgresql://...); default: a journal file "
+                            "in the sweep folder")
+    sweep.add_argument("--out", default="results", help="where the sweep folder goes (default: results)")
+    sweep.add_argument("--id", dest="sweep_id", help="sweep folder name (default: <spec name>-<time>-<hex>); "
+                                                     "the same id and --storage on another machine joins it")
+
+    runs = sub.add_parser("runs", help="list run folders (single runs and sweep trials) as a table")
+    runs.add_argument("paths", nargs="*", metavar="PATH", help="run folders or folders holding them (default: results)")
+    runs.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                      help="keep runs whose column, setting or metric matches; also !=, <, <=, >, >=; repeatable")
+    runs.add_argument("--sort", metavar="KEY", help="sort by a metric, setting or column (--sort=-KEY: descending)")
+    runs.add_argument("--desc", action="store_true", help="sort in descending order")
+    runs.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    compare = sub.add_parser("compare", help="settings that differ, metrics side by side, where curves diverge")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN")
+    compare.add_argument("--rtol", type=float, default=0.0,
+                         help="relative difference below which curve values count as equal (default 0: exact)")
     return parser
 
 
@@ -212,9 +236,33 @@ def cmd_audit(args: argparse.Namespace) -> int:
                  args.experiment_id or "audit")
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "tasks": cmd_tasks, "recipe": cmd_recipe,
-            "audit": cmd_audit}
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from epochal.sweep import resume_sweep, start_sweep
 
+    if (args.spec is None) == (args.resume is None):
+        raise ConfigError("sweep: give SPEC.toml to start a sweep or --resume SWEEP_DIR to continue one, not both")
+    if args.resume:
+        return resume_sweep(args.resume, args.workers, args.storage)
+    return start_sweep(args.spec, args.out, args.sweep_id, args.workers, args.storage)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from epochal.runs import format_rows, runs_index
+
+    sort = f"-{args.sort.lstrip('-')}" if args.sort and args.desc else args.sort
+    print(format_rows(runs_index(args.paths, args.where, sort), args.format))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from epochal.runs import compare
+
+    print(compare(args.run_dirs, args.rtol))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "tasks": cmd_tasks, "recipe": cmd_recipe,
+            "audit": cmd_audit, "sweep": cmd_sweep, "runs": cmd_runs, "compare": cmd_compare}
 
 class Interrupted(EpochalError):
     """A preemption signal outside training (while starting up, before a run folder exists)."""

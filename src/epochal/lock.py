@@ -112,3 +112,20 @@ class FolderLock:
         holder = self.holder()
         who = f"process {holder[0]} on {holder[1]}" if holder else "another process"
         return f"{self.folder}: in use by {who} (lock {self.path}); wait for it or stop it"
+
+
+def held(folder: str | Path) -> bool:
+    """Whether a live process holds the run folder's lock; reads only (a shared probe, released at once)."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: nobody holds it (the holder removes it on release)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe's shared lock, if it got one
+    return False
+

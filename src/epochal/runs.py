@@ -1,0 +1,280 @@
+"""``epochal runs`` and ``epochal compare``: list, filter and compare run folders.
+
+A run folder is any folder with a config.toml (single runs and sweep trials alike);
+the index reads config.toml, result.json and, for sweep trials, trial.json. Nothing
+here writes to a run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from epochal.config import flat, parse_override
+from epochal.errors import ConfigError, EpochalError
+from epochal.lock import held as lock_held
+
+# Settings that say where a run lives, not what it computes: never "a setting that differs".
+PLACE_KEYS = {"experiment_id", "out_dir", "group", "train.progress"}
+FIXED_COLUMNS = ("run", "task", "status", "gate_passed", "failure_reason")
+OPERATORS = ("!=", "<=", ">=", "=", "<", ">")
+
+
+# ----------------------------------------------------------------- reading run folders
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Every run folder at or under ``paths``, in path order; a run folder's own sub-folders are not searched."""
+    found: list[Path] = []
+    for root in map(Path, paths or ["results"]):
+        if not root.exists():
+            raise EpochalError(f"{root}: no such folder; allowed: run folders or folders that hold them")
+        for folder, subfolders, files in os.walk(root):
+            subfolders.sort()
+            if "config.toml" in files:
+                found.append(Path(folder))
+                subfolders.clear()
+    return found
+
+
+def lock_alive(folder: Path) -> bool:
+    """Whether a live process is running this folder (its OS lock is held); reads only."""
+    return lock_held(folder)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def read_run(folder: Path) -> dict[str, Any]:
+    """One run folder as a row: identity, status, gate, failure reason, settings and metrics."""
+    try:
+        settings = flat(tomllib.loads((folder / "config.toml").read_text()))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise EpochalError(f"{folder / 'config.toml'}: unreadable ({err})") from None
+    result = _read_json(folder / "result.json")
+    trial = _read_json(folder / "trial.json")
+    meta = result.get("metadata", {})
+    status = result.get("status", "not started")
+    if status in ("running", "not started"):
+        status = "running" if lock_alive(folder) else "interrupted"
+    failure = meta.get("failure_reason") or (meta.get("stop_reason") if status in ("failed", "pruned") else None)
+    row: dict[str, Any] = {
+        "run": str(folder), "task": result.get("task") or settings.get("task.name"), "status": status,
+        "gate_passed": meta.get("gate_passed"), "failure_reason": failure or "",
+        "trial": (trial.get("trials") or [None])[0], "point": trial.get("point"),
+        "epochs": result.get("epochs"), "steps": result.get("steps"),
+    }
+    curve = result.get("curves", {}).get("train_loss") or []
+    row["train_loss"] = curve[-1] if curve else None
+    row.update({name: value for name, value in result.get("metrics", {}).items()})
+    best = result.get("best") or {}
+    if best.get("metric"):
+        row[f"best_{best['metric']}"] = best.get("value")
+        row["best_epoch"] = best.get("epoch")
+    return {"row": row, "settings": settings, "result": result}
+
+
+# ----------------------------------------------------------------- the index
+def differing(records: list[dict]) -> list[str]:
+    """Settings whose values are not the same in every listed run."""
+    keys = sorted({k for r in records for k in r["settings"]} - PLACE_KEYS)
+    return [k for k in keys if len({json.dumps(r["settings"].get(k), sort_keys=True) for r in records}) > 1]
+
+
+def parse_where(text: str) -> tuple[str, str, Any]:
+    match = re.fullmatch(r"\s*([^!<>=\s]+)\s*(!=|<=|>=|=|<|>)(.*)", text)
+    if not match:
+        raise ConfigError(f"--where {text!r}: expected KEY=VALUE (or !=, <, <=, >, >=)")
+    key, op, raw = match.groups()
+    return key, op, parse_override(f"v={raw.strip()}")[1]
+
+
+def _lookup(record: dict, key: str) -> tuple[bool, Any]:
+    if key in record["row"]:
+        return True, record["row"][key]
+    if key in record["settings"]:
+        return True, record["settings"][key]
+    return False, None
+
+
+def _matches(value: Any, op: str, wanted: Any) -> bool:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, wanted))
+    if op in ("=", "!="):
+        same = value == wanted if numbers or isinstance(wanted, bool) else str(value) == str(wanted)
+        if isinstance(wanted, bool) and not isinstance(value, bool):
+            same = False
+        return same if op == "=" else not same
+    if not numbers:
+        return False
+    return {"<": value < wanted, "<=": value <= wanted, ">": value > wanted, ">=": value >= wanted}[op]
+
+
+def select(records: list[dict], wheres: list[str]) -> list[dict]:
+    for text in wheres:
+        key, op, wanted = parse_where(text)
+        if records and not any(_lookup(r, key)[0] for r in records):
+            known = sorted({k for r in records for k in r["row"]} | {k for r in records for k in r["settings"]})
+            raise ConfigError(f"--where {key}: no run has it; allowed: {', '.join(known[:40])}")
+        records = [r for r in records if _lookup(r, key)[0] and _matches(_lookup(r, key)[1], op, wanted)]
+    return records
+
+
+def sort_records(records: list[dict], key: str | None) -> list[dict]:
+    if not key:
+        return records
+    descending = key.startswith("-")
+    key = key.lstrip("-")
+    present = [r for r in records if _lookup(r, key)[1] is not None]
+    missing = [r for r in records if _lookup(r, key)[1] is None]
+    if records and not any(_lookup(r, key)[0] for r in records):
+        raise ConfigError(f"--sort {key}: no run has it; allowed: a metric, a setting or a column of the table")
+    try:
+        present.sort(key=lambda r: _lookup(r, key)[1], reverse=descending)
+    except TypeError:
+        present.sort(key=lambda r: str(_lookup(r, key)[1]), reverse=descending)
+    return present + missing
+
+
+def index_rows(records: list[dict]) -> list[dict[str, Any]]:
+    """The rows shown: fixed columns, trial (sweeps), the differing settings, then metrics."""
+    varying = differing(records)
+    metric_keys: list[str] = []
+    for r in records:
+        for k in r["row"]:
+            if k not in (*FIXED_COLUMNS, "trial", "point") and k not in metric_keys:
+                metric_keys.append(k)
+    has_trials = any(r["row"]["trial"] is not None for r in records)
+    rows = []
+    for r in records:
+        row = {k: r["row"][k] for k in FIXED_COLUMNS}
+        if has_trials:
+            row["trial"] = r["row"]["trial"]
+        row.update({k: r["settings"].get(k) for k in varying})
+        row.update({k: r["row"].get(k) for k in metric_keys})
+        rows.append(row)
+    return rows
+
+
+def runs_index(paths: list[str | Path], wheres: list[str] = (), sort: str | None = None) -> list[dict[str, Any]]:
+    records = [read_run(folder) for folder in find_runs(list(paths))]
+    return index_rows(sort_records(select(records, list(wheres)), sort))
+
+
+# ----------------------------------------------------------------- output
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Aligned columns under a header; columns present in any row, in first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in cells]
+    return "\n".join(lines)
+
+
+def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=1, default=str)
+    if fmt == "csv":
+        out = io.StringIO()
+        columns: list[str] = []
+        for row in rows:
+            columns += [k for k in row if k not in columns]
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        # Booleans as the --where syntax writes them; numbers in full precision.
+        writer.writerows({k: _cell(v) if isinstance(v, (bool, list, dict)) else v for k, v in row.items()}
+                         for row in rows)
+        return out.getvalue().rstrip("\n")
+    if not rows:
+        return "no run folders match"
+    return format_table(rows)
+
+
+# ----------------------------------------------------------------- compare
+def first_divergence(a: list, b: list, rtol: float = 0.0) -> int | None:
+    """Index of the first pair that differs (beyond ``rtol`` relative), over the shared length; None if none."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x is None or y is None:
+            if x is not y:
+                return i
+            continue
+        if not (math.isclose(x, y, rel_tol=rtol, abs_tol=0.0) if rtol else x == y):
+            return i
+    return None
+
+
+def _divergence_line(name: str, label: str, a: list, b: list, unit: str, positions: list | None, rtol: float) -> str:
+    i = first_divergence(a, b, rtol)
+    where = (lambda k: f"{unit} {positions[k]}") if positions else (lambda k: f"{unit} {k + 1}")
+    if i is None:
+        same = f"identical over the {min(len(a), len(b))} shared {unit}s"
+        return f"  {name} {label}: {same}" + (f" (lengths {len(a)} vs {len(b)})" if len(a) != len(b) else "")
+    return f"  {name} {label}: first differ at {where(i)}: {_cell(a[i])} vs {_cell(b[i])}"
+
+
+def compare(paths: list[str | Path], rtol: float = 0.0) -> str:
+    if len(paths) < 2:
+        raise ConfigError("compare: give two or more run folders")
+    records = []
+    for path in map(Path, paths):
+        if not (path / "config.toml").exists():
+            raise EpochalError(f"{path}: not a run folder (no config.toml)")
+        records.append(read_run(path))
+    labels = [chr(ord("A") + i) if i < 26 else f"R{i}" for i in range(len(records))]
+    lines = [f"{label} = {r['row']['run']}" for label, r in zip(labels, records)]
+
+    varying = differing(records)
+    lines.append("")
+    if varying:
+        lines.append("settings that differ:")
+        rows = [{"setting": k, **{label: r["settings"].get(k) for label, r in zip(labels, records)}} for k in varying]
+        lines.append(_indent(format_table(rows)))
+    else:
+        lines.append("settings: identical")
+
+    lines += ["", "results:"]
+    names = ["status", "gate_passed", "failure_reason", "epochs", "steps", "train_loss"]
+    for r in records:
+        names += [k for k in r["row"] if k not in names and k not in ("run", "task", "trial", "point")]
+    rows = [{"": n, **{label: r["row"].get(n) for label, r in zip(labels, records)}} for n in names
+            if any(r["row"].get(n) not in (None, "") for r in records)]
+    lines.append(_indent(format_table(rows)))
+
+    lines += ["", f"where the curves first diverge (against A{', relative tolerance ' + str(rtol) if rtol else ''}):"]
+    base = records[0]["result"]
+    for label, r in zip(labels[1:], records[1:]):
+        other = r["result"]
+        lines.append(_divergence_line("train_loss", f"{label} vs A", base.get("curves", {}).get("train_loss", []),
+                                      other.get("curves", {}).get("train_loss", []), "step", None, rtol))
+        for metric in base.get("metrics", {}):
+            lines.append(_divergence_line(metric, f"{label} vs A", base.get("curves", {}).get(metric, []),
+                                          other.get("curves", {}).get(metric, []), "epoch",
+                                          base.get("eval_epochs"), rtol))
+    return "\n".join(lines)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
