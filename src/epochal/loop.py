@@ -30,7 +30,7 @@ from epochal.run import Run
 
 def fit(run: Run) -> dict:
     """Train from wherever ``run.state`` stands to the end; returns result.json's content."""
-    state, train = run.state, run.config.train
+    state = run.state
     act(run, run.emit("on_fit_start"))
     while not state.stopped and not run.out_of_budget():
         act(run, run.emit("on_epoch_start"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from importlib.resources.abc import Traversable
-from pathlib import Path
 
 from epochal.errors import ConfigError
 
