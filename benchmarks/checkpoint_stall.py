@@ -14,7 +14,7 @@ import statistics
 import time
 
 import epochal
-from epochal.run import Run
+from epochal.training import Run
 
 
 def measure(task: str, config: str | None, every: int, epochs: int, async_write: bool) -> tuple[list[float], float]:

@@ -23,7 +23,7 @@ from epochal.loop import fit
 from epochal.lock import LockHeld
 from epochal.records import RunFolder, check_run_names, default_run_id
 from epochal.resolve import resolve_config
-from epochal.run import Run
+from epochal.training import Run
 from epochal.signals import PREEMPTED_EXIT_CODE, PreemptionSignals
 from epochal.state import seed_everything
 from epochal.tasks import RunContext, Task

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 
 from epochal.decisions import Decision, RollBack, Save, Stop
-from epochal.run import Run
+from epochal.training import Run
 
 
 def fit(run: Run) -> dict:

@@ -30,6 +30,7 @@ from epochal.callbacks.base import Callback
 from epochal.config import load_toml
 from epochal.decisions import Stop
 from epochal.errors import ConfigError, EpochalError
+from epochal.io import atomic_write_text
 from epochal.records import RunFolder
 from epochal.signals import PREEMPTED_EXIT_CODE
 from epochal.sweep.spec import SweepSpec, grid_space, load_task, parse_spec, point_key, run_id, suggest, trial_config
@@ -84,8 +85,8 @@ class SweepTrial(Callback):
         text = config.read_text()
         if not text.startswith("# sweep"):
             params = ", ".join(f"{k} = {v!r}" for k, v in self.info["params"].items())
-            run.folder.write_text("config.toml", f"# sweep {self.info['sweep']} trial {self.trial.number}, point "
-                                                 f"{self.info['point']}: {params}; seed {self.info['seed']}\n{text}")
+            atomic_write_text(config, f"# sweep {self.info['sweep']} trial {self.trial.number}, point "
+                                      f"{self.info['point']}: {params}; seed {self.info['seed']}\n{text}")
 
     def on_eval_end(self, run, metrics: dict[str, float]):
         if self.metric is None or not math.isfinite(metrics.get(self.metric, math.nan)):
