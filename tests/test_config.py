@@ -44,7 +44,7 @@ def test_bad_settings_name_the_key_and_what_is_allowed(layer, message):
 
 
 def test_unknown_task_lists_the_registered_ones():
-    with pytest.raises(ConfigError, match="unknown task 'nope'; registered tasks: .*toy"):
+    with pytest.raises(ConfigError, match="unknown task 'nope'; allowed: .*toy.*, or an import path package.module:TaskClass"):
         resolve("nope", [])
 
 

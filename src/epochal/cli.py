@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="train a task")
-    run.add_argument("task", help="a registered task (see `epochal tasks`)")
+    run.add_argument("task", help="a registered task (see `epochal tasks`) or an import path package.module:TaskClass")
     _add_config_args(run)
     run.add_argument("--resume", choices=["never", "auto"], default="never",
                      help="auto: continue the run folder of the same id if it has a checkpoint")
@@ -212,6 +212,7 @@ def _cell(value) -> str:
 def cmd_tasks(args: argparse.Namespace) -> int:
     # The static catalog, not the registry: listing must not import the tasks (and torch).
     from epochal import recipes
+    from epochal.tasks import plugin_tasks
     from epochal.tasks.catalog import BUILTIN_TASKS
 
     grouped = recipes.by_task()
@@ -219,6 +220,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         print(f"{name:12s} {entry.summary}")
         shipped = ", ".join(grouped.get(name, [])) or "none; the task's defaults apply"
         print(f"{'':12s} recipes: {shipped}")
+    for name, target in sorted(plugin_tasks().items()):  # advertised by installed packages; not imported here
+        print(f"{name:12s} plugin task {target} (entry point group epochal.tasks)")
+    print("Any Task subclass also runs by import path: epochal run package.module:TaskClass")
     return 0
 
 

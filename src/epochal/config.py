@@ -414,8 +414,8 @@ def build_config(task: Any, layers: list[dict]) -> RunConfig:
     if not isinstance(task_table, dict):
         raise ConfigError(f"task: expected a table ([task] name = ...) or a task name, got {task_table!r}")
     task_table = dict(task_table)
-    name = task.name
-    if task_table.get("name", name) != name:
+    name = getattr(task, "registered_as", task.name)  # an import path or plugin name stays what finds it again
+    if task_table.get("name", name) not in (name, task.name):
         raise ConfigError(f"task.name: the config is for {task_table['name']!r}, not {name!r}")
     task_table.pop("name", None)
     data = merge(task.defaults, data)

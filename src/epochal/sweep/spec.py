@@ -19,7 +19,6 @@ A point is one value per dotted setting of the space; its key is a hash of those
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import tomllib
@@ -30,7 +29,7 @@ from typing import Any, Literal
 from epochal.config import RunConfig, build_dataclass, flat, load_toml
 from epochal.errors import ConfigError
 from epochal.resolve import resolve_config
-from epochal.tasks import Task, get_task, register_task
+from epochal.tasks import Task, get_task
 
 Scalar = int | float | str | bool
 
@@ -212,19 +211,11 @@ def grid_space(space: dict[str, Choice | Range]) -> dict[str, list[Scalar]]:
 
 # ----------------------------------------------------------------- task and recipe
 def load_task(name: str) -> Task:
-    """A registered task, or ``package.module:TaskClass`` imported (and registered) in this process."""
-    if ":" not in name:
-        return get_task(name)
-    module_name, _, class_name = name.partition(":")
+    """A registered task, a plugin's, or ``package.module:TaskClass`` (epochal.tasks.get_task)."""
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"spec.task: cannot import {name!r} ({err}); allowed: a registered task or "
-                          "package.module:TaskClass") from None
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise ConfigError(f"spec.task: {name!r} is not a Task subclass")
-    register_task(cls)
-    return cls()
+        return get_task(name)
+    except ConfigError as err:
+        raise ConfigError(f"spec.task: {str(err).removeprefix('task: ')}") from None
 
 
 def builtin_recipe(name: str) -> dict | None:

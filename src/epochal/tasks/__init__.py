@@ -140,23 +140,47 @@ def register_task(task: type[Task], name: str | None = None) -> type[Task]:
     return task
 
 
+ENTRY_POINT_GROUP = "epochal.tasks"  # packages advertise their tasks here: name = "package.module:TaskClass"
+
+
 def _importable(target: type[Task] | str) -> bool:
     if not isinstance(target, str):
         return True
     return importlib.util.find_spec(target.split(":")[0]) is not None
 
 
+def plugin_tasks() -> dict[str, str]:
+    """Tasks other packages advertise through the ``epochal.tasks`` entry-point group (not imported)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def task_names() -> list[str]:
-    return sorted(name for name, target in _REGISTRY.items() if _importable(target))
+    registered = [name for name, target in _REGISTRY.items() if _importable(target)]
+    return sorted({*registered, *plugin_tasks()})
 
 
 def get_task(name: str) -> Task:
-    """The task registered under ``name``; a ConfigError naming the choices otherwise."""
-    target = _REGISTRY.get(name)
+    """The task registered under ``name``, advertised under it by a package, or at the import path
+    ``package.module:TaskClass``; a ConfigError naming the choices otherwise.
+
+    The instance's ``registered_as`` is the name it was found by: what config.toml records,
+    so that a resume in a new process finds the same class.
+    """
+    target = _REGISTRY.get(name) or plugin_tasks().get(name) or (name if ":" in name else None)
     if target is None or not _importable(target):
-        raise ConfigError(f"task: unknown task {name!r}; registered tasks: {', '.join(task_names())}")
+        raise ConfigError(f"task: unknown task {name!r}; allowed: {', '.join(task_names())}, or an import path "
+                          "package.module:TaskClass")
     if isinstance(target, str):
-        module_name, class_name = target.split(":")
-        target = getattr(importlib.import_module(module_name), class_name)
+        module_name, _, class_name = target.partition(":")
+        try:
+            target = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"task: cannot import {target!r} ({err}); allowed: package.module:TaskClass") from None
+        if not (isinstance(target, type) and issubclass(target, Task)):
+            raise ConfigError(f"task: {name!r} is not a subclass of epochal.Task")
         _REGISTRY[name] = target
-    return target()
+    task = target()
+    task.registered_as = name
+    return task
