@@ -76,3 +76,18 @@ def test_console_script_prints_no_traceback(tmp_path):
                            "--out", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "epochal: error: train.batch_size: 0 must be positive; allowed: > 0"
+
+
+def test_a_recipe_s_expected_gpu_is_a_warning_on_the_console_and_in_env_json(capsys, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    code, out, _ = run_cli(capsys, "run", "toy", "--epochs", "1", "--set", "task.n_train=64", "--no-progress",
+                           "--set", 'train.expected_gpus=["A5000", "L40S"]',
+                           "--set", 'train.expected_cuda_visible_devices="1"', "--out", str(tmp_path), "--id", "g")
+    assert code == 0
+    env = json.loads((tmp_path / "g" / "env.json").read_text())
+    assert len(env["startup_warnings"]) == 2
+    assert "not one of the expected A5000, L40S" in env["startup_warnings"][0]
+    assert "CUDA_VISIBLE_DEVICES is 0, not the expected 1" in env["startup_warnings"][1]
+    assert "warning: GPU is no GPU (cpu)" in out and "CUDA_VISIBLE_DEVICES=0" in out  # the banner always says it

@@ -178,13 +178,17 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
     try:
         device = pick_device(config.train.device)
         log(provenance.banner(device))
+        warnings = provenance.startup_warnings(device, config.train.expected_gpus,
+                                               config.train.expected_cuda_visible_devices)
+        for warning in warnings:
+            log(f"warning: {warning}")
         seed_everything(config.train.seed, config.train.deterministic)
         context = RunContext(folder.path, device, config.train.seed, config)
         built = task.build(config.task, context)
         init = warm_start(built.model, config.init, log)
         run = Run(task, config, folder, built, context, callbacks, signals, log)
         run.origin = {"initial_weights_sha256": tensors_sha256(run.model.state_dict()), "init": init,
-                      "data": run.batches.describe()}
+                      "data": run.batches.describe(), "startup_warnings": warnings}
         return run
     except ConfigError:
         folder.remove_created(created, everything=True)

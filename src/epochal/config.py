@@ -46,6 +46,8 @@ class TrainConfig:
     rollback_lr_scale: float = 0.5  # rollback policy: learning-rate factor applied at each rollback
     compile: bool = False  # torch.compile the model: faster steps on GPU after a warm-up
     progress: bool = True  # tqdm bar per epoch
+    expected_gpus: list[str] = field(default_factory=list)  # GPU models this recipe was tuned on (seed 004): warn on others
+    expected_cuda_visible_devices: str = ""  # the CUDA_VISIBLE_DEVICES it expects (seed 004: "1"); empty: any
 
     def validate(self) -> None:
         _positive(self, "train", "max_epochs", "batch_size", "grad_accum", "eval_every", "log_every", "max_rollbacks")

@@ -128,3 +128,20 @@ def banner(device: torch.device) -> str:
     cuda = f"CUDA {torch.version.cuda}" if torch.cuda.is_available() else "no CUDA"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
     return f"device {device} ({name}), CUDA_VISIBLE_DEVICES={visible}, torch {torch.__version__}, {cuda}"
+
+
+def startup_warnings(device: torch.device, expected_gpus: list[str], expected_visible: str) -> list[str]:
+    """Seed 004's start-up check: warn when the GPU is not one of the expected models or
+    CUDA_VISIBLE_DEVICES is not the expected value (the run goes on; the warning is recorded)."""
+    warnings = []
+    if expected_gpus:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"no GPU ({device})"
+        if not any(model.lower() in name.lower() for model in expected_gpus):
+            warnings.append(f"GPU is {name}, not one of the expected {', '.join(expected_gpus)} "
+                            "(train.expected_gpus): numbers and speed may differ from the recipe's")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    if expected_visible and visible != expected_visible:
+        warnings.append(f"CUDA_VISIBLE_DEVICES is {visible}, not the expected {expected_visible} "
+                        "(train.expected_cuda_visible_devices)")
+    return warnings
+
