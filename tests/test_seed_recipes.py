@@ -55,6 +55,8 @@ FLOW_SEED = [
     ("early_stop.mode", "min", "004: a loss"),
     ("early_stop.patience", 20, "004: locked patience 20"),
     ("early_stop.min_delta", 0.0, "004: any improvement counts"),
+    ("train.expected_gpus", ["A5000", "L40S"], "004: warns if not on A5000/L40S"),
+    ("train.expected_cuda_visible_devices", "1", "004: ... or CUDA_VISIBLE_DEVICES!=1"),
 ]
 
 
