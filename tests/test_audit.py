@@ -22,6 +22,9 @@ def test_audit_passes_for_the_toy_task(tmp_path, capsys):
     assert code == 0, out
     assert "a vs b: losses identical, weights identical" in out
     assert "a vs killed: losses identical, weights identical" in out
+    for aspect in ("initial weights", "training data", "batch order", "eval and test metrics", "artifacts"):
+        assert out.count(f"  {aspect}: identical") == 2, (aspect, out)
+    assert "the first to differ" not in out
     result = json.loads((tmp_path / "sweep" / "mine-killed" / "result.json").read_text())
     assert result["metadata"]["gate_passed"] and result["epochs"] < 3
 
@@ -30,3 +33,15 @@ def test_audit_of_a_bad_config_is_one_error_line(tmp_path, capsys):
     code = main(["audit", "toy", "--set", "train.nope=1", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("epochal: error: train.nope: unknown key") and err.count("\n") == 1
+
+
+def test_compare_runs_names_the_first_aspect_that_differs(run_toy):
+    from epochal.audit import compare_runs
+
+    a, b = run_toy("a").run_dir, run_toy("b").run_dir
+    assert all(difference is None for _, difference in compare_runs(a, b)), compare_runs(a, b)
+    (b / "notes.txt").write_text("an artifact only one run has\n")
+    assert [aspect for aspect, difference in compare_runs(a, b) if difference] == ["artifacts"]
+    other_seed = run_toy("c", settings={"train.seed": 1}).run_dir
+    differing = [aspect for aspect, difference in compare_runs(a, other_seed) if difference]
+    assert differing[:4] == ["initial weights", "training data", "batch order", "losses"]  # toy data follows the seed

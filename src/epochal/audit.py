@@ -2,8 +2,10 @@
 
 Three runs of the same config in subprocesses: A and B uninterrupted (same
 seed: are they identical?), and C killed with SIGKILL at N random steps and
-resumed after each kill. The per-step losses and a hash of the final weights
-of all three must agree; the first difference is reported if not.
+resumed after each kill. As seed 003 (5.10) asks, B and C are compared with A
+on the initial weights, the training data and each epoch's batch order, the
+per-step losses, the evaluation and test metrics, the final weights and every
+other file of the run folders except timestamps; the first aspect to differ is named.
 """
 
 from __future__ import annotations
@@ -95,6 +97,88 @@ def _audit(task: str, config: Path, group: str, kills: int, out: str, run_id: st
         same_weights = hashes[name] == hashes["a"]
         print(f"a vs {name}: losses {'identical' if diff is None else 'differ at ' + diff}, "
               f"weights {'identical' if same_weights else 'differ'} ({hashes[name][:16]})")
-        ok = ok and diff is None and same_weights
+        differences = compare_runs(runs["a"], runs[name])
+        for aspect, difference in differences:
+            print(f"  {aspect}: {'identical' if difference is None else 'DIFFER: ' + difference}")
+        first = next((aspect for aspect, difference in differences if difference is not None), None)
+        if first is not None:
+            print(f"a vs {name}: the first to differ is {first}")
+        ok = ok and diff is None and same_weights and first is None
     print("audit passed" if ok else "audit FAILED")
     return 0 if ok else 1
+
+
+# What may differ between two runs of one config: when and where they ran, and their names.
+_VOLATILE = {"env.json": {"started", "command"},
+             "result.json": {"experiment_id", "metadata.train_seconds"},
+             "history.jsonl": {"seconds"}}
+
+
+def compare_runs(a: Path, b: Path) -> list[tuple[str, str | None]]:
+    """Seed 003 5.10, in the order a difference would arise: (aspect, first difference or None) for the
+    initial weights, the training data and each epoch's batch order, the losses, the evaluation and test
+    metrics, the final weights, and every other file of the two run folders except timestamps and names."""
+    env = {run: _json(run / "env.json") for run in (a, b)}
+    result = {run: _json(run / "result.json") for run in (a, b)}
+    history = {run: _history(run) for run in (a, b)}
+    curves = {run: {k: v for k, v in result[run].get("curves", {}).items() if k != "train_loss"} for run in (a, b)}
+    return [
+        ("initial weights", _differ(env[a].get("initial_weights_sha256"), env[b].get("initial_weights_sha256"))),
+        ("training data", _differ(env[a].get("data"), env[b].get("data"))),
+        ("batch order", first_difference([h.get("batch_order_sha256") for h in history[a] if "epoch_end" in h],
+                                         [h.get("batch_order_sha256") for h in history[b] if "epoch_end" in h])),
+        ("losses", first_difference(result[a]["curves"]["train_loss"], result[b]["curves"]["train_loss"])),
+        ("eval and test metrics", _differ((curves[a], result[a].get("test")), (curves[b], result[b].get("test")))),
+        ("final weights", _differ(weights_hash(a), weights_hash(b))),
+        ("artifacts", _artifacts_differ(a, b)),
+    ]
+
+
+def _differ(x, y) -> str | None:
+    return None if x == y else f"{str(x)[:80]} vs {str(y)[:80]}"
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _history(run: Path) -> list[dict]:
+    path = run / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _artifacts_differ(a: Path, b: Path) -> str | None:
+    """Every file besides the checkpoints' own bytes (their weights are compared above): same names, same
+    content once the volatile fields are dropped."""
+    def files(run: Path) -> set[str]:
+        return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.name != ".lock"
+                and not (p.parent.name == "checkpoints" and p.suffix == ".pt")
+                and p.name not in ("manifest.json", "config.toml")}
+
+    names_a, names_b = files(a), files(b)
+    if names_a != names_b:
+        return f"files only in one run: {sorted(names_a ^ names_b)[:5]}"
+    for name in sorted(names_a):
+        if _normalised(a / name) != _normalised(b / name):
+            return name
+    return None
+
+
+def _normalised(path: Path):
+    volatile = _VOLATILE.get(path.name)
+    if volatile is None:
+        return path.read_bytes()
+    if path.suffix == ".jsonl":
+        return [_without(json.loads(line), volatile) for line in path.read_text().splitlines()]
+    return _without(json.loads(path.read_text()), volatile)
+
+
+def _without(record: dict, dotted: set[str]) -> dict:
+    out = dict(record)
+    for key in dotted:
+        head, _, rest = key.partition(".")
+        if rest and isinstance(out.get(head), dict):
+            out[head] = _without(out[head], {rest})
+        else:
+            out.pop(key, None)
+    return out

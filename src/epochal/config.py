@@ -182,7 +182,12 @@ class RunConfig:
         return tomli_w.dumps(_drop_none(self.to_dict()))
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """What the run does, not where it is: runs of one config in different folders share the hash."""
+        data = self.to_dict()
+        for key in ("experiment_id", "out_dir"):
+            data.pop(key)
+        data["train"].pop("progress")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _TOP_LEVEL = ("experiment_id", "group", "out_dir")

@@ -21,6 +21,7 @@ straight to it. What a run can be given (``make_batches``):
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from typing import Any, Iterator
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, TensorDataset
 
+from epochal.checkpoint import tensors_sha256
 from epochal.errors import ConfigError
 from epochal.tree import leaves, to_device, tree_map
 
@@ -64,6 +66,10 @@ class Batches:
     def describe(self) -> dict:
         return {"kind": type(self).__name__}
 
+    def order_sha256(self, epoch: int) -> str | None:
+        """A hash of the epoch's batch order (which examples, in which batches); None where unknown."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 
@@ -83,6 +89,10 @@ class _Ordered(Batches):
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+    def order_sha256(self, epoch: int) -> str:
+        order = epoch_order(self.n, self.seed, epoch)
+        return hashlib.sha256(f"{self.batch_size}:{self.drop_last}:".encode() + order.numpy().tobytes()).hexdigest()
 
     def _index_batches(self, epoch: int, start: int, device: torch.device | None = None) -> Iterator[torch.Tensor]:
         order = epoch_order(self.n, self.seed, epoch)
@@ -106,6 +116,11 @@ class DeviceBatches(_Ordered):
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
         for index in self._index_batches(epoch, start, self.device):
             yield tree_map(lambda t, index=index: t[index], self.tensors)
+
+    def describe(self) -> dict:
+        """The data's own hash too (inputs, targets, masks): an audit compares it between runs."""
+        tensors = {str(i): t for i, t in enumerate(leaves(self.tensors))}
+        return {"kind": "tensors", "examples": self.n, "tensors_sha256": tensors_sha256(tensors)}
 
 
 class _SeededFetch(Dataset):
@@ -162,13 +177,25 @@ class UserLoaderBatches(Batches):
         self.loader, self.device, self.seed = loader, device, seed
         self.sampler = getattr(loader.batch_sampler, "sampler", loader.sampler)
         self.epoch_start: tuple[int, torch.Tensor] | None = None  # (epoch, sampler generator state as it began)
+        self._listed: tuple[int, list[list[int]]] | None = None  # the latest epoch's batches, for its order hash
         if len(loader.batch_sampler) == 0:
             raise ConfigError("train_data: the DataLoader yields no batches; allowed: at least one batch")
 
     def __len__(self) -> int:
         return len(self.loader.batch_sampler)
 
+    def order_sha256(self, epoch: int) -> str | None:
+        listed = self._listed
+        if listed is None or listed[0] != epoch:
+            return None
+        return hashlib.sha256(repr(listed[1]).encode()).hexdigest()
+
     def _batches_of(self, epoch: int) -> list[list[int]]:
+        batches = self._draw_batches(epoch)
+        self._listed = (epoch, batches)
+        return batches
+
+    def _draw_batches(self, epoch: int) -> list[list[int]]:
         sampler = self.sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)

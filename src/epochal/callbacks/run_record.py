@@ -17,7 +17,8 @@ class RunRecord(Callback):
         state = run.state
         evaluated = bool(state.eval_epochs) and state.eval_epochs[-1] == state.epoch
         summary = {"epoch_end": True, "epoch": state.epoch, "step": state.step,
-                   "train_loss": state.epoch_train_loss(), "seconds": round(state.train_seconds, 3)}
+                   "train_loss": state.epoch_train_loss(), "seconds": round(state.train_seconds, 3),
+                   "batch_order_sha256": run.batches.order_sha256(state.epoch - 1)}
         run.folder.append_history([{**summary, **(state.metrics if evaluated else {})}])
         run.folder.write_json("result.json", run.result())
 
