@@ -1,4 +1,4 @@
-"""The ``epochal`` command: run, resume, show, tasks, audit.
+"""The ``epochal`` command: run, resume, show, report, tasks, audit.
 
 Bad input ends with one line on stderr naming what is wrong and what is
 allowed, exit code 2 for a bad config or argument, 1 for other errors, and no
@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same id")
     run.add_argument("--force", action="store_true", help="resume even if the config differs from the checkpoint's")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--log", metavar="TRACKER,...", help="also log to these trackers: tensorboard, csv, mlflow, "
+                     "wandb (log.trackers)")
+    run.add_argument("--profile", metavar="START:STOP", help="torch.profiler trace of these optimizer steps into "
+                     "the run folder (log.profile)")
 
     resume = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
     resume.add_argument("run_dir")
@@ -65,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="summarise a run folder")
     show.add_argument("run_dir")
+
+    report = sub.add_parser("report", help="write report.html (and the plots) of a run folder")
+    report.add_argument("path", help="a run folder")
+    report.add_argument("--loss-scale", choices=["auto", "linear", "log"], default="auto",
+                        help="y axis of the loss plot (auto: log when the loss spans 10x)")
+    report.add_argument("--out", help="where to write the report (default: PATH/report.html)")
 
     sub.add_parser("tasks", help="list the registered tasks")
 
@@ -87,6 +97,10 @@ def _overrides(args: argparse.Namespace) -> dict:
         values["train.deterministic"] = True
     if getattr(args, "no_progress", False):
         values["train.progress"] = False
+    if getattr(args, "log", None) is not None:
+        values["log.trackers"] = [name.strip() for name in args.log.split(",") if name.strip()]
+    if getattr(args, "profile", None) is not None:
+        values["log.profile"] = args.profile
     return values
 
 
@@ -146,6 +160,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from epochal.report import report
+
+    print(f"report: {report(args.path, args.loss_scale, args.out)}")
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from epochal.tasks import get_task, task_names
 
@@ -167,7 +188,8 @@ def _test_hooks() -> list:
     return kill_hooks()
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "tasks": cmd_tasks, "audit": cmd_audit}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "report": cmd_report, "tasks": cmd_tasks,
+            "audit": cmd_audit}
 
 
 def main(argv: list[str] | None = None) -> int:

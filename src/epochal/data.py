@@ -8,6 +8,7 @@ Dataset that does not fit is read through a DataLoader in the same order.
 from __future__ import annotations
 
 import math
+import time
 from typing import Iterator
 
 import torch
@@ -25,12 +26,25 @@ class _Batches:
         if n == 0:
             raise ValueError("the task produced no training examples")
         self.n, self.batch_size, self.seed, self.drop_last = n, batch_size, seed, drop_last
+        self.wait_seconds = 0.0  # host time spent waiting for the next batch, summed (throughput logging reads it)
         if len(self) == 0:
             raise ValueError(f"{n} training examples are fewer than one batch of {batch_size} with drop_last")
 
     def __len__(self) -> int:
         """Optimizer steps per epoch."""
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+    def timed(self, batches: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+        """``batches`` with the time each one took to arrive added to ``wait_seconds``: two clock reads a step."""
+        while True:
+            started = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.wait_seconds += time.perf_counter() - started
+            yield batch
 
     def _index_batches(self, epoch: int, start: int, device: torch.device | None = None) -> Iterator[torch.Tensor]:
         order = epoch_order(self.n, self.seed, epoch)
@@ -52,6 +66,9 @@ class DeviceBatches(_Batches):
         super().__init__(next(iter(lengths.values())), batch_size, seed, drop_last)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        return self.timed(self._epoch(epoch, start))
+
+    def _epoch(self, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
         for index in self._index_batches(epoch, start, self.device):
             yield {name: t[index] for name, t in self.tensors.items()}
 
@@ -64,6 +81,9 @@ class LoaderBatches(_Batches):
         super().__init__(len(dataset), batch_size, seed, drop_last)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        return self.timed(self._epoch(epoch, start))
+
+    def _epoch(self, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
         batches = [index.tolist() for index in self._index_batches(epoch, start)]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda")

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from epochal import loggers
 from epochal.callbacks.base import Callback
 from epochal.callbacks.best import BestMetric
 from epochal.callbacks.checkpointing import Checkpointing
@@ -66,9 +67,10 @@ class Run:
         self.config_dict, self.config_hash = config.to_dict(), config.hash()
         self.last_saved_step = -1
         self.tested: dict | None = None  # test metrics of the last and best weights, once training completed
+        meters, listeners = loggers.listeners(task, config, self.model, device)
         self.callbacks = [*policies(config, self.model), *task.callbacks(config.task, context), *callbacks,
                           Checkpointing(config.checkpoint, train.max_epochs), Preemption(signals),
-                          RunRecord(), Console(log, train.progress, train.max_epochs)]
+                          *meters, RunRecord(), *listeners, Console(log, train.progress, train.max_epochs)]
         self.registry = self._register()
 
     def _register(self) -> StateRegistry:
