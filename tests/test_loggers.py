@@ -208,7 +208,7 @@ def test_trackers_add_no_host_sync(monkeypatch, tmp_path):
     assert count("plain", []) == count("tracked", ["tensorboard", "csv"]) > 0
 
 
-def test_tokens_per_second_where_the_task_declares_tokens(tmp_path):
+def test_tokens_per_second_and_mfu_where_the_task_declares_tokens_and_flops(tmp_path):
     from epochal.tasks import register_task
     from epochal.tasks.toy import ToyTask
 
@@ -218,11 +218,18 @@ def test_tokens_per_second_where_the_task_declares_tokens(tmp_path):
         def tokens_per_example(self, cfg):
             return 10
 
+        def flops_per_example(self, cfg, model):
+            return 2e6
+
     register_task(TokenToy)
-    result = epochal.run("token-toy", overrides={**SETTINGS, "train.max_epochs": 1}, out_dir=tmp_path,
-                         experiment_id="t", log=lambda _: None)
+    result = epochal.run("token-toy", overrides={**SETTINGS, "train.max_epochs": 1, "log.peak_tflops": 0.5},
+                         out_dir=tmp_path, experiment_id="t", log=lambda _: None)
     last = [json.loads(line) for line in (result.run_dir / "history.jsonl").read_text().splitlines()][-2]
     assert last["tokens_per_second"] == pytest.approx(10 * last["samples_per_second"])
+    assert last["mfu"] == pytest.approx(2e6 * last["samples_per_second"] / 0.5e12)
+    plain = train(tmp_path, "plain", {"train.max_epochs": 1})
+    last = [json.loads(line) for line in (plain.run_dir / "history.jsonl").read_text().splitlines()][-2]
+    assert "samples_per_second" in last and "tokens_per_second" not in last and "mfu" not in last
 
 
 def test_a_missing_tracker_package_is_one_line_naming_the_extra_before_any_folder(monkeypatch, capsys, tmp_path):
@@ -255,3 +262,20 @@ def test_profile_window_writes_a_trace_into_the_run_folder(tmp_path):
     assert any("aten::" in event.get("name", "") for event in trace["traceEvents"])
     with pytest.raises(ConfigError, match=r"log.profile: '3:2' is not a step window; allowed: START:STOP"):
         train(tmp_path, "bad", settings={"log.profile": "3:2"})
+
+
+def test_walks_flops_estimate_is_within_15_percent_of_torch_flop_counter():
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from epochal.tasks.walks.model import TransformerLM
+    from epochal.tasks.walks.task import WalksConfig, WalksTask
+
+    cfg, task = WalksConfig(d_model=32, context=16, walk_length=40), WalksTask()
+    model = TransformerLM(cfg.n_vertices, cfg.context, cfg.d_model, cfg.n_layers, cfg.n_heads)
+    tokens = torch.randint(0, cfg.n_vertices, (4, cfg.context + 1))
+    with FlopCounterMode(display=False) as counter:
+        task.loss(model, {"tokens": tokens})["loss"].backward()
+    measured = counter.get_total_flops() / len(tokens)
+    assert task.flops_per_example(cfg, model) == pytest.approx(measured, rel=0.15)
+    assert task.tokens_per_example(cfg) == 16

@@ -127,3 +127,18 @@ def test_smoothing_and_log_scale_choice():
     assert math.isnan(smoothed[0]) and smoothed[1] == 1.0 and 1.0 < smoothed[2] < 3.0
     assert use_log_scale([10.0, 0.5], "auto") and not use_log_scale([1.0, 0.5], "auto")
     assert not use_log_scale([10.0, -1.0], "auto") and use_log_scale([1.0], "log")
+
+
+def test_task_figures_from_result_json_alone():
+    from epochal.tasks.regex.plots import length_accuracy_figure, length_bins
+    from epochal.tasks.walks.plots import compliance_figure
+
+    tested = {"test_class_acc_len_05_08": 0.9, "test_class_acc_len_01_04": 1.0, "test_ood_class_acc_len_17_20": 0.7,
+              "test_class_acc": 0.95}
+    assert length_bins(tested) == {"test": [(1, 4, 1.0), (5, 8, 0.9)], "test_ood": [(17, 20, 0.7)]}
+    assert length_accuracy_figure({"test": {"last": tested, "best": tested}}, 16) is not None
+    assert length_accuracy_figure({"test": {"last": {"test_class_acc": 0.9}}}, 16) is None
+    walks = {"eval_epochs": [1, 2], "curves": {"edge_compliance": [0.9, 0.99], "rule_compliance": [0.3, 0.85]}}
+    figure = compliance_figure(walks, {"edge_compliance": 0.95, "rule_compliance": 0.8})
+    assert [line.get_ydata().tolist() for line in figure.axes[0].get_lines()[::2]] == [[0.9, 0.99], [0.3, 0.85]]
+    assert compliance_figure({"eval_epochs": [], "curves": {}}, {}) is None

@@ -68,9 +68,9 @@ class Run:
         self.last_saved_step = -1
         self.tested: dict | None = None  # test metrics of the last and best weights, once training completed
         meters, listeners = loggers.listeners(task, config, self.model, device)
-        self.callbacks = [*policies(config, self.model), *task.callbacks(config.task, context), *callbacks,
+        self.callbacks = [*meters, *policies(config, self.model), *task.callbacks(config.task, context), *callbacks,
                           Checkpointing(config.checkpoint, train.max_epochs), Preemption(signals),
-                          *meters, RunRecord(), *listeners, Console(log, train.progress, train.max_epochs)]
+                          RunRecord(), *listeners, Console(log, train.progress, train.max_epochs)]
         self.registry = self._register()
 
     def _register(self) -> StateRegistry:

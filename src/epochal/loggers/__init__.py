@@ -34,10 +34,13 @@ def tracker_logger(name: str, config: RunConfig) -> TrackerLogger:
     logger_type = getattr(importlib.import_module(module), cls)
     log = config.log
     if name == "mlflow":
-        return logger_type(log.mlflow_uri, log.mlflow_experiment)
-    if name == "wandb":
-        return logger_type(log.wandb_project, log.wandb_entity, log.wandb_mode)
-    return logger_type()
+        logger = logger_type(log.mlflow_uri, log.mlflow_experiment)
+    elif name == "wandb":
+        logger = logger_type(log.wandb_project, log.wandb_entity, log.wandb_mode)
+    else:
+        logger = logger_type()
+    logger.import_library()
+    return logger
 
 
 def perf_meter(task, config: RunConfig, model: torch.nn.Module, device: torch.device) -> Perf:
@@ -46,8 +49,8 @@ def perf_meter(task, config: RunConfig, model: torch.nn.Module, device: torch.de
 
 
 def listeners(task, config: RunConfig, model: torch.nn.Module, device: torch.device) -> tuple[list[Callback], list[Callback]]:
-    """(before the run record, after it): the throughput meter must fill the records history.jsonl gets;
-    the trackers, the profiler and the plots come after the record (plots read result.json)."""
+    """(first, after the run record): the throughput meter fills the records before any callback hears
+    them; the trackers, the profiler and the plots come after the record (plots read result.json)."""
     from epochal.plots import Plots
 
     after: list[Callback] = [tracker_logger(name, config) for name in config.log.trackers]

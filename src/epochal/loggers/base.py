@@ -105,6 +105,10 @@ class TrackerLogger(Callback):
         self._warn: Callable[[str], None] = print
 
     # ------------------------------------------------------------- tracker calls (worker thread)
+    def import_library(self) -> None:
+        """Import the tracker's package: called while the run is built, so a slow import (seconds for
+        some trackers) happens before training instead of competing with it for the interpreter."""
+
     def open(self, info: RunInfo) -> None:
         """Create or reopen the tracker's run; resumed at ``info.start_step`` when it is > 0."""
 
@@ -137,7 +141,7 @@ class TrackerLogger(Callback):
         self._submit(self._open, info)
 
     def on_log(self, run, step: int, records: list[dict[str, float]]) -> None:
-        self._submit(self._write_steps, records)
+        self._submit(self._write_steps, [dict(record) for record in records])  # the worker's own copy
 
     def on_eval_end(self, run, metrics: dict[str, float]) -> None:
         values = {f"eval/{name}": value for name, value in metrics.items()}

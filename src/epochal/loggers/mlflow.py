@@ -36,6 +36,9 @@ class MLflowLogger(TrackerLogger):
         self.logged_through: dict[str, int] = {}  # resume: the newest step the store holds per key
         self.resumed = False
 
+    def import_library(self) -> None:
+        import mlflow  # noqa: F401
+
     def open(self, info: RunInfo) -> None:
         import logging
 

@@ -1,7 +1,8 @@
 """Throughput and memory once per log interval, logged like any other value.
 
-``Perf`` adds these keys to the newest record of each interval, so history.jsonl and
-every tracker get them with no extra host sync (only host clocks and allocator counters):
+``Perf`` hears ``on_log`` first and adds these keys to the newest record of the interval,
+so every other callback, history.jsonl and every tracker get them, with no extra host
+sync (only host clocks and allocator counters):
 
   steps_per_second, samples_per_second   optimizer steps and examples per second of training
   tokens_per_second                      where the task declares tokens per example

@@ -20,6 +20,9 @@ class TensorBoardLogger(TrackerLogger):
         super().__init__()
         self.writer = None
 
+    def import_library(self) -> None:
+        import torch.utils.tensorboard  # noqa: F401
+
     def open(self, info: RunInfo) -> None:
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams

@@ -38,6 +38,9 @@ class WandbLogger(TrackerLogger):
         self.run_id: str | None = None
         self.run = None
 
+    def import_library(self) -> None:
+        import wandb  # noqa: F401
+
     def open(self, info: RunInfo) -> None:
         import wandb
 

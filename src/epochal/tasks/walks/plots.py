@@ -15,12 +15,15 @@ def compliance_figure(result: dict[str, Any], gate: dict[str, float]):
     if not epochs or len(edge) != len(epochs) or len(rule) != len(epochs):
         return None
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=DPI)
     for name, values, color in (("edge_compliance", edge, "tab:blue"), ("rule_compliance", rule, "tab:orange")):
         left.plot(epochs, values, marker="o", markersize=3, color=color, label=name)
         if name in gate:
             left.axhline(gate[name], color=color, linestyle="--", linewidth=1, label=f"gate > {gate[name]:g}")
     left.set_ylim(0, 1.02)
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("epoch")
     left.set_ylabel("share of generated steps")
     left.grid(alpha=0.3)
