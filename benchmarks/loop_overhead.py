@@ -204,6 +204,10 @@ def main() -> None:
         note = {"unguarded": " (train.guard_nonfinite = false)", "tracked": " (log.trackers = tensorboard, csv)"}.get(name, "")
         print(f"{name + '/raw':14s} min {ratios[0]:.3f}  median {statistics.median(ratios):.3f}  "
               f"max {ratios[-1]:.3f}{note}")
+    if times["tracked"]:
+        ratios = sorted(t / e for t, e in zip(times["tracked"], times["epochal"]))
+        print(f"{'tracked/epochal':14s} min {ratios[0]:.3f}  median {statistics.median(ratios):.3f}  "
+              f"max {ratios[-1]:.3f} (what the trackers alone cost)")
     print(f"final weights raw vs epochal bit-equal: {equal}")
 
 

@@ -2,9 +2,11 @@
 
 ``log.wandb_mode = "online"`` logs live (after `wandb login`); ``"auto"`` goes online
 when an API key is configured and offline otherwise. The run id is this logger's
-checkpointed state: a resumed run continues the same W&B run (``resume="allow"``).
-W&B keeps the first value logged at a step: steps a killed process already sent are
-not taken twice, and after a rollback the retrained steps keep their first values.
+checkpointed state: a resumed run continues the same W&B run (``resume="allow"``);
+offline, each process writes its own offline-run folder of that id and `wandb sync`
+merges them. Steps a hard-killed process wrote after its last checkpoint are sent
+again by the resumed one (with equal values: resume is exact); W&B does not take a
+step lower than one it already has, so they are not doubled online (not checkable offline).
 """
 
 from __future__ import annotations
