@@ -132,7 +132,7 @@ class TrackerLogger(Callback):
 
     # --------------------------------------------------------------------------- loop events
     def on_fit_start(self, run) -> None:
-        self._warn = lambda line: run.printer(line)
+        self._warn = run.printer
         info = RunInfo(Path(run.dir), run.config.experiment_id, run.config.group, run.config.task_name,
                        Path(run.config.out_dir), run.config_dict, run.state.step)
         if self._worker is None:
