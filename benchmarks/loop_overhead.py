@@ -2,9 +2,10 @@
 
 All train the same MLP on the same device-resident data in the same order with
 the same fused AdamW (no decay on biases), warmup + cosine schedule, clipping at
-1.0 and per-step loss recording. epochal runs three times: the built-in task path
+1.0 and per-step loss recording. epochal runs four times: the built-in task path
 with its default guard that skips non-finite steps on the device, the same without
-it (the raw loop has none), and ``epochal.fit`` on a TensorDataset (a user's own
+it (the raw loop has none), with the TensorBoard and CSV trackers on (their writes
+happen on a background thread), and ``epochal.fit`` on a TensorDataset (a user's own
 model and data, moved to the device once like a task's).
 
 This machine is noisy, so the variants are paired: each repeat runs every variant
@@ -98,20 +99,24 @@ def raw_loop(cfg: BenchConfig, device: torch.device, steps: int) -> tuple[float,
     return (time.perf_counter() - start) / steps, model
 
 
-def epochal_loop(cfg: BenchConfig, device: torch.device, steps: int, guard: bool = True) -> tuple[float, nn.Module]:
+def epochal_loop(cfg: BenchConfig, device: torch.device, steps: int, guard: bool = True,
+                 trackers: tuple[str, ...] = ()) -> tuple[float, nn.Module]:
     captured = {}
 
     class Capture(epochal.Callback):
         def on_fit_end(self, run):
             captured["model"] = run.model
             captured["seconds"] = run.state.train_seconds
+            captured["fit_end"] = time.perf_counter()
 
     overrides = {"train.max_epochs": 1, "train.batch_size": BATCH, "train.seed": SEED, "train.progress": False,
                  "train.device": str(device), "train.log_every": 100, "optim.lr": LR, "train.guard_nonfinite": guard,
-                 "checkpoint.every_epochs": 0, "task.n": steps * BATCH, "task.width": cfg.width, "task.dim": cfg.dim}
+                 "checkpoint.every_epochs": 0, "task.n": steps * BATCH, "task.width": cfg.width, "task.dim": cfg.dim,
+                 "log.trackers": list(trackers), "log.plots": False}
     epochal.run("bench-mlp", overrides=overrides, out_dir="/tmp/epochal-bench", experiment_id="loop",
                 overwrite=True, callbacks=[Capture()], log=lambda _: None)
-    return captured["seconds"] / steps, captured["model"]
+    drain = time.perf_counter() - captured["fit_end"]  # tracker writes still queued after the last step count too
+    return (captured["seconds"] + drain) / steps, captured["model"]
 
 
 def fit_loop(cfg: BenchConfig, device: torch.device, steps: int) -> tuple[float, nn.Module]:
@@ -202,6 +207,7 @@ def main() -> None:
         "raw": lambda: raw_loop(cfg, device, args.steps),
         "epochal": lambda: epochal_loop(cfg, device, args.steps),
         "unguarded": lambda: epochal_loop(cfg, device, args.steps, guard=False),
+        "tracked": lambda: epochal_loop(cfg, device, args.steps, trackers=("tensorboard", "csv")),
         "fit": lambda: fit_loop(cfg, device, args.steps),
         "lightning": lambda: lightning_loop(cfg, device, args.steps),
     }
@@ -223,14 +229,18 @@ def main() -> None:
     for name, values in times.items():
         if values:
             print(f"{name:10s} median step {statistics.median(values) * 1e3:8.3f} ms")
-    for name in ("epochal", "unguarded", "fit", "lightning"):
+    for name in ("epochal", "unguarded", "tracked", "fit", "lightning"):
         if not times[name]:
             print(f"{name}/raw n/a (install the bench extra: make bench)")
             continue
         ratios = sorted(t / r for t, r in zip(times[name], times["raw"]))
-        note = " (train.guard_nonfinite = false)" if name == "unguarded" else ""
+        note = {"unguarded": " (train.guard_nonfinite = false)", "tracked": " (log.trackers = tensorboard, csv)"}.get(name, "")
         print(f"{name + '/raw':14s} min {ratios[0]:.3f}  median {statistics.median(ratios):.3f}  "
               f"max {ratios[-1]:.3f}{note}")
+    if times["tracked"]:
+        ratios = sorted(t / e for t, e in zip(times["tracked"], times["epochal"]))
+        print(f"{'tracked/epochal':14s} min {ratios[0]:.3f}  median {statistics.median(ratios):.3f}  "
+              f"max {ratios[-1]:.3f} (what the trackers alone cost)")
     print(f"final weights raw vs epochal bit-equal: {equal}")
     print(f"final weights raw vs epochal.fit(TensorDataset) bit-equal: {_equal(models['raw'], models['fit'])}")
 

@@ -29,7 +29,8 @@ from epochal.state import seed_everything
 from epochal.tasks import RunContext, Task
 from epochal.warm_start import warm_start
 
-# Settings that may differ on resume without changing the numbers.
+# Settings that may differ on resume without changing the numbers (and every [log] setting: trackers,
+# plots and profiling only watch).
 RESUME_FREE_KEYS = {"out_dir", "experiment_id", "train.progress"}
 
 
@@ -204,7 +205,8 @@ def _resume(run: Run, force: bool, log: Callable[[str], None]) -> bool:
     entry, payload = newest
     saved, now = flat(payload["config"]), flat(run.config.to_dict())
     # A setting the checkpoint does not know was added by a later version: it is taken as it is now.
-    changes = {k: (saved[k], now.get(k)) for k in sorted(saved) if saved[k] != now.get(k) and k not in RESUME_FREE_KEYS}
+    changes = {k: (saved[k], now.get(k)) for k in sorted(saved)
+               if saved[k] != now.get(k) and k not in RESUME_FREE_KEYS and not k.startswith("log.")}
     if changes and not force:
         shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(changes.items())[:8])
         raise ConfigError(f"config differs from the checkpoint's ({shown}); use --force to resume anyway")

@@ -1,4 +1,4 @@
-"""The ``epochal`` command: run, resume, show, tasks, recipe, audit, sweep, runs, compare.
+"""The ``epochal`` command: run, resume, show, report, tasks, recipe, audit, sweep, runs, compare.
 
 Bad input ends with one line on stderr naming what is wrong and what is
 allowed, exit code 2 for a bad config or argument, 1 for other errors, and no
@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true",
                      help="resume with changed settings that can change mid-run (see README); refuse others")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--log", metavar="TRACKER,...", help="also log to these trackers: tensorboard, csv, mlflow, "
+                     "wandb (log.trackers)")
+    run.add_argument("--profile", metavar="START:STOP", help="torch.profiler trace of these optimizer steps into "
+                     "the run folder (log.profile)")
 
     resume = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
     resume.add_argument("run_dir")
@@ -79,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="summarise a run folder")
     show.add_argument("run_dir")
+
+    report = sub.add_parser("report", help="write report.html (and the plots) of a run folder")
+    report.add_argument("path", help="a run folder")
+    report.add_argument("--loss-scale", choices=["auto", "linear", "log"], default="auto",
+                        help="y axis of the loss plot (auto: log when the loss spans 10x)")
+    report.add_argument("--out", help="where to write the report (default: PATH/report.html)")
 
     sub.add_parser("tasks", help="list the built-in tasks and their recipes")
 
@@ -128,6 +138,10 @@ def _overrides(args: argparse.Namespace) -> dict:
         values["train.deterministic"] = True
     if getattr(args, "no_progress", False):
         values["train.progress"] = False
+    if getattr(args, "log", None) is not None:
+        values["log.trackers"] = [name.strip() for name in args.log.split(",") if name.strip()]
+    if getattr(args, "profile", None) is not None:
+        values["log.profile"] = args.profile
     return values
 
 
@@ -209,6 +223,13 @@ def _cell(value) -> str:
     return f"{str(value):>12s}"
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from epochal.report import report
+
+    print(f"report: {report(args.path, args.loss_scale, args.out)}")
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     # The static catalog, not the registry: listing must not import the tasks (and torch).
     from epochal import recipes
@@ -265,7 +286,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "tasks": cmd_tasks, "recipe": cmd_recipe,
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "report": cmd_report, "tasks": cmd_tasks, "recipe": cmd_recipe,
             "audit": cmd_audit, "sweep": cmd_sweep, "runs": cmd_runs, "compare": cmd_compare}
 
 class Interrupted(EpochalError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import tomllib
@@ -142,6 +143,49 @@ class CheckpointConfig:
         _positive(self, "checkpoint", "keep_last")
 
 
+# Tracker name -> (importable module it needs, the pip extra that installs it); csv needs nothing.
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "csv": (None, None), "mlflow": ("mlflow", "mlflow"),
+            "wandb": ("wandb", "wandb")}
+
+
+@dataclass
+class LogConfig:
+    trackers: list[str] = field(default_factory=list)  # where every logged value also goes: tensorboard, csv, mlflow, wandb
+    mlflow_uri: str = ""  # MLflow tracking URI; empty: a SQLite store shared by the runs of out_dir (out_dir/mlflow.db)
+    mlflow_experiment: str = ""  # MLflow experiment; empty: the group if set, else the task name
+    wandb_project: str = "epochal"  # W&B project the run is filed under
+    wandb_entity: str = ""  # W&B team or user; empty: the logged-in user's default
+    wandb_mode: Literal["offline", "online", "auto"] = "offline"  # offline needs no account; auto: online when logged in
+    profile: str = ""  # "START:STOP": torch.profiler trace of those optimizer steps into the run folder; empty: off
+    peak_tflops: float = 0.0  # the device's peak for MFU; 0: looked up from the GPU's name (bf16 dense)
+    plots: bool = True  # write plots/*.png at the end of the run (`epochal report` draws them anyway)
+    loss_scale: Literal["auto", "linear", "log"] = "auto"  # loss plot y axis; auto: log when the loss spans 10x
+
+    def validate(self) -> None:
+        for name in self.trackers:
+            if name not in TRACKERS:
+                raise ConfigError(f"log.trackers: {name!r} is not a tracker; allowed: {', '.join(TRACKERS)}")
+            module, extra = TRACKERS[name]
+            if module is not None and importlib.util.find_spec(module) is None:
+                raise ConfigError(f"log.trackers: {name!r} needs the {module} package; install it with "
+                                  f"pip install 'epochal[{extra}]'")
+        if len(set(self.trackers)) != len(self.trackers):
+            raise ConfigError(f"log.trackers: {self.trackers} names a tracker twice; allowed: each once")
+        if self.profile:
+            self.profile_window()
+        _non_negative(self, "log", "peak_tflops")
+
+    def profile_window(self) -> tuple[int, int] | None:
+        """(first, last) optimizer step of the profiled window, both included; None when off."""
+        if not self.profile:
+            return None
+        first, sep, last = self.profile.partition(":")
+        if not (sep and first.strip().isdigit() and last.strip().isdigit() and 0 < int(first) <= int(last)):
+            raise ConfigError(f"log.profile: {self.profile!r} is not a step window; allowed: START:STOP with "
+                              "1 <= START <= STOP, e.g. 10:20")
+        return int(first), int(last)
+
+
 @dataclass
 class InitConfig:
     """Warm start: a new run that begins from another run's (or file's) weights."""
@@ -167,6 +211,7 @@ class RunConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     @property
     def run_dir(self) -> Path:

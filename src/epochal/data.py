@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import time
 from typing import Any, Iterator
 
 import numpy as np
@@ -52,6 +53,7 @@ class Batches:
     ``describe()`` for provenance, and ``state_dict``/``load_state_dict`` (registered as "data")."""
 
     exact_resume = True  # False: a resume inside an epoch skips batches instead of jumping to them
+    wait_seconds = 0.0  # host time spent waiting for the next batch, summed (the throughput meter reads it)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -61,6 +63,19 @@ class Batches:
         return len(self)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        """The batches of ``epoch`` from position ``start`` on, timed: two clock reads a step."""
+        batches = self._epoch(epoch, start)
+        while True:
+            started = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.wait_seconds += time.perf_counter() - started
+            yield batch
+
+    def _epoch(self, epoch: int, start: int) -> Iterator[Any]:
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -113,7 +128,7 @@ class DeviceBatches(_Ordered):
         self.device = device
         super().__init__(lengths[0], batch_size, seed, drop_last)
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
+    def _epoch(self, epoch: int, start: int) -> Iterator[Any]:
         for index in self._index_batches(epoch, start, self.device):
             yield tree_map(lambda t, index=index: t[index], self.tensors)
 
@@ -155,7 +170,7 @@ class LoaderBatches(_Ordered):
         self.dataset, self.device, self.workers = dataset, device, workers
         super().__init__(len(dataset), batch_size, seed, drop_last)
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
+    def _epoch(self, epoch: int, start: int) -> Iterator[Any]:
         batches = [index.tolist() for index in self._index_batches(epoch, start)]
         loader = DataLoader(_SeededFetch(self.dataset, self.seed, epoch), batch_sampler=_keyed(batches, start),
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
@@ -212,7 +227,7 @@ class UserLoaderBatches(Batches):
             self.epoch_start = (epoch, generator.get_state())
         return [list(batch) for batch in self.loader.batch_sampler]
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
+    def _epoch(self, epoch: int, start: int) -> Iterator[Any]:
         batches = self._batches_of(epoch)[start:]
         loader = self.loader
         rebuilt = DataLoader(_SeededFetch(loader.dataset, self.seed, epoch), batch_sampler=_keyed(batches, start),
@@ -255,7 +270,7 @@ class IterableBatches(Batches):
     def steps_per_epoch(self) -> int | None:
         return None
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
+    def _epoch(self, epoch: int, start: int) -> Iterator[Any]:
         if hasattr(self.loader.dataset, "set_epoch"):
             self.loader.dataset.set_epoch(epoch)
         for position, batch in enumerate(self.loader):

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from epochal import loggers
 from epochal.callbacks.base import Callback
 from epochal.callbacks.best import BestMetric
 from epochal.callbacks.checkpointing import Checkpointing
@@ -70,9 +71,10 @@ class Run:
         self.last_saved_step = -1
         self.tested: dict | None = None  # test metrics of the last and best weights, once training completed
         self.origin: dict = {}  # provenance of the starting point (initial weights hash, warm start, data)
-        self.callbacks = [*policies(config, self.model), *task.callbacks(config.task, context), *callbacks,
+        meters, listeners = loggers.listeners(task, config, self.model, device)
+        self.callbacks = [*meters, *policies(config, self.model), *task.callbacks(config.task, context), *callbacks,
                           Checkpointing(config.checkpoint, train.max_epochs), Preemption(signals),
-                          RunRecord(), Console(log, train.progress, train.max_epochs)]
+                          RunRecord(), *listeners, Console(log, train.progress, train.max_epochs)]
         self.registry = self._register()
 
     def _register(self) -> StateRegistry:

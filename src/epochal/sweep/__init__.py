@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from epochal.checkpoint import atomic_write_text
+from epochal.io import atomic_write_text
 from epochal.config import load_toml
 from epochal.errors import ConfigError, EpochalError
 from epochal.signals import PREEMPTED_EXIT_CODE

@@ -12,7 +12,7 @@ import json
 import statistics
 from pathlib import Path
 
-from epochal.checkpoint import atomic_write_text
+from epochal.io import atomic_write_text
 from epochal.records import finite_or_none
 from epochal.sweep.spec import SweepSpec, point_key, run_id
 from epochal.sweep.store import require_optuna, retried_numbers

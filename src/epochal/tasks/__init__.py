@@ -130,6 +130,24 @@ class Task:
         """Task-specific policy (e.g. saving attention maps); none by default."""
         return []
 
+    # Optional hooks for throughput logging and plots (epochal.loggers, epochal.plots).
+
+    def tokens_per_example(self, cfg: Any) -> int | None:
+        """Tokens one training example holds, for tokens/s; None: the task has no tokens."""
+        return None
+
+    def flops_per_example(self, cfg: Any, model: nn.Module) -> float | None:
+        """Training FLOPs (forward and backward) of one example, for MFU on GPUs; None: unknown."""
+        return None
+
+    def figures(self, run_dir: Path, result: dict) -> dict[str, Any]:
+        """This task's own matplotlib figures of a run, by file stem (saved as plots/<stem>.png).
+
+        Drawn from the run folder alone (result.json, files the task wrote), after training
+        and again by ``epochal report``; get pyplot from ``epochal.plots.pyplot()``.
+        """
+        return {}
+
 
 _REGISTRY: dict[str, type[Task] | str] = {name: entry.target for name, entry in BUILTIN_TASKS.items()}
 

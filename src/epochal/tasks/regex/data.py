@@ -179,7 +179,9 @@ def balanced_pool(sampler: StringSampler, lengths: range, n_per_class: int, near
         raise ValueError(f"no length in {lengths.start}..{lengths.stop - 1} has both accepted and rejected strings")
     pool = {}
     carried = 0
-    for i, length in enumerate(usable):
+    from epochal.callbacks.console import setup_progress
+
+    for i, length in enumerate(setup_progress(usable, "regex: sampling strings by length")):
         share = n_per_class // len(usable) + (i < n_per_class % len(usable)) + carried
         accepted = _draw_unique(lambda n: sampler.accepted_strings(length, n), share,
                                 count_strings(sampler.dfa, length), taken)

@@ -153,6 +153,14 @@ class RegexTask(Task):
     def callbacks(self, cfg: RegexConfig, run: RunContext) -> list:
         return [CaptureInternals(cfg.capture_examples)] if cfg.capture else []
 
+    def figures(self, run_dir, result: dict) -> dict:
+        import tomllib
+
+        from epochal.tasks.regex.plots import length_accuracy_figure
+
+        config = tomllib.loads((run_dir / "config.toml").read_text()) if (run_dir / "config.toml").exists() else {}
+        return {"length_accuracy": length_accuracy_figure(result, config.get("task", {}).get("max_len"))}
+
 
 def _sample_splits(cfg: RegexConfig, dfa: DFA, run: RunContext) -> dict[str, LabelledStrings]:
     """The four labelled splits, drawn from the run's seed; ConfigError when the settings leave one empty."""

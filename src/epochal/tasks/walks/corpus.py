@@ -123,7 +123,9 @@ def _walk_round(
     rows = np.arange(count)
     walks[:, 0] = rng.integers(graph.num_vertices, size=count)
     rules.record_rules(required, 0, walks[:, 0])
-    for step in range(1, walk_length):
+    from epochal.callbacks.console import setup_progress
+
+    for step in setup_progress(range(1, walk_length), f"walks: {count} in lockstep"):
         padded = neighbours[walks[:, step - 1]]
         valid = padded >= 0
         candidates = np.where(valid, padded, 0)

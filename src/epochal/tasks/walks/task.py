@@ -125,3 +125,19 @@ class WalksTask(Task):
         edge, rule = evaluate_compliance(generated, ctx.graph, ctx.graph.blocks, ctx.jumpers, r=None)
         return {"edge_compliance": edge, "rule_compliance": rule}
 
+    def tokens_per_example(self, cfg: WalksConfig) -> int:
+        return cfg.context  # positions predicted per training sequence
+
+    def flops_per_example(self, cfg: WalksConfig, model: TransformerLM) -> float:
+        """6 x matmul weights x tokens (forward and backward) plus attention scores, 12 x layers x d x T^2."""
+        weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+        return 6.0 * weights * cfg.context + 12.0 * cfg.n_layers * cfg.d_model * cfg.context**2
+
+    def figures(self, run_dir, result: dict) -> dict:
+        import tomllib
+
+        from epochal.tasks.walks.plots import compliance_figure
+
+        config = tomllib.loads((run_dir / "config.toml").read_text()) if (run_dir / "config.toml").exists() else {}
+        return {"compliance": compliance_figure(result, config.get("gate", {}).get("above", {}))}
+
