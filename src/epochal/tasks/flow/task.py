@@ -65,7 +65,7 @@ class FlowConfig:
     time_dim: int = 32  # size of the sinusoidal time embedding
     ode_method: Literal["euler", "midpoint", "rk4"] = "midpoint"  # sampler; midpoint is 2nd order at 2 calls a step
     ode_steps: int = 16  # fixed steps from noise (t=0) to data (t=1); straight-ish CFM paths need few
-    eval_samples: int = 2000  # samples per draw (capped by the test set; by half of it for a file)
+    eval_samples: int = 1000  # samples per draw, compared with as many test rows (at most the test set; half of it for a file)
     swd_directions: int = 256  # random 1-D slices of the sliced Wasserstein distance: fewer are noisier
     eval_draws: int = 4  # sample sets per quality evaluation: their spread is reported, their mean gated
     test_draws: int = 16  # sample sets of the final measure in test(): a tighter mean at a one-off cost
@@ -150,6 +150,9 @@ def make_eval_context(cfg: FlowConfig, val: torch.Tensor, test: torch.Tensor, st
     generator = torch.Generator().manual_seed(cfg.data_seed)
     device = run.device
     n_scored = scored_size(cfg, len(test))
+    if n_scored <= cfg.knn_k + 1:
+        raise ConfigError(f"task.test_fraction: {len(test)} test rows leave {n_scored} per compared set; allowed: more "
+                          f"than task.knn_k + 1 = {cfg.knn_k + 1} (raise task.test_fraction or the number of rows)")
     dim = val.shape[1]
     directions = random_directions(dim, cfg.swd_directions, generator).to(device)
     references, real = real_draws(cfg.dataset, test, n_scored, cfg.floor_draws, cfg.data_seed, stats.normalize)
