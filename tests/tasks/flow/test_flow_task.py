@@ -13,7 +13,7 @@ from epochal.resolve import resolve
 from epochal.errors import ConfigError
 from epochal.tasks import RunContext, get_task
 from epochal.tasks.flow.data import STATS_FILE, NormStats
-from epochal.tasks.flow.task import PLOT_FILE, FlowConfig
+from epochal.tasks.flow.task import PLOT_FILE, SAMPLED_METRICS, FlowConfig
 
 REQUIRED = {"arch": "mlp", "flow": "icfm", "dataset": "moons", "aug": "none"}
 
@@ -71,7 +71,8 @@ def test_recipes_resolve(name):
 
 
 def build(tmp_path, **task):
-    cfg = FlowConfig(**{**REQUIRED, "n_samples": 600, "hidden": 16, "depth": 1, "swd_directions": 32, **task})
+    cfg = FlowConfig(**{**REQUIRED, "n_samples": 600, "hidden": 16, "depth": 1, "swd_directions": 32, "floor_draws": 8,
+                        "eval_draws": 2, "test_draws": 2, **task})
     cfg.validate()
     run = RunContext(tmp_path, torch.device("cpu"), 0, None)
     flow_task = get_task("flow")
@@ -92,9 +93,34 @@ def test_build_loss_and_deterministic_evaluation(tmp_path):
         torch.manual_seed(123)  # evaluation noise is fixed, whatever the global RNG
         second = task.evaluate(built.model, built.eval_context)
     assert first == second
-    assert set(first) == {"val_fm_loss", "sample_swd", "swd_floor", "swd_ratio"}
+    assert set(first) == {"val_fm_loss", *SAMPLED_METRICS, "swd_floor"}
     assert first["swd_ratio"] == pytest.approx(first["sample_swd"] / first["swd_floor"])
-    assert first["swd_floor"] > 0
+    floor = built.eval_context.yardstick.swd_floor
+    assert first["swd_z"] == pytest.approx((first["sample_swd"] - floor.mean) / floor.sd)
+    assert first["swd_floor"] > 0 and first["off_support_ratio"] > 2  # an untrained model is far off
+
+
+def test_sample_quality_only_on_due_epochs(tmp_path):
+    task, built = build(tmp_path, quality_every=3)
+    ctx = built.eval_context
+    ctx.max_epochs = 10
+    measured = {}
+    with torch.no_grad():
+        for epoch in (1, 3, 9, 10):
+            ctx.epoch = epoch
+            measured[epoch] = task.evaluate(built.model, ctx)
+    assert [np.isnan(measured[e]["swd_ratio"]) for e in (1, 3, 9, 10)] == [True, False, False, False]
+    assert measured[1].keys() == measured[3].keys()
+    assert all(np.isnan(measured[1][k]) for k in SAMPLED_METRICS) and measured[1]["swd_floor"] > 0
+    assert measured[1]["val_fm_loss"] == measured[3]["val_fm_loss"]  # the loss is measured every time
+
+
+def test_a_sampled_metric_cannot_drive_early_stopping(tmp_path):
+    layer = {**config_layer(), "early_stop": {"metric": "swd_ratio"}}
+    with pytest.raises(ConfigError, match="early_stop.metric: 'swd_ratio' is measured only every"):
+        resolve("flow", [layer])
+    layer["task"]["quality_every"] = 1
+    assert resolve("flow", [layer]).early_stop.metric == "swd_ratio"
 
 
 def test_otcfm_and_flip_run(tmp_path):
@@ -126,12 +152,31 @@ def test_tiny_run_improves_the_sample_distance(tmp_path):
     }
     result = fit("flow", config_layer(), overrides=overrides, out_dir=tmp_path, log=lambda _: None)
     assert result.status == "completed"
-    ratios = result.result["curves"]["swd_ratio"]  # sample distance / floor, one per epoch
-    assert len(ratios) == 15 and ratios[-1] < 0.7 * ratios[0]
-    assert result.result["test"]["last"]["test_swd_ratio"] > 0
+    written = json.loads((result.run_dir / "result.json").read_text())
+    ratios = written["curves"]["swd_ratio"]  # sample distance / floor; null between quality epochs
+    assert [i + 1 for i, r in enumerate(ratios) if r is not None] == [5, 10, 15]  # task.quality_every = 5
+    assert ratios[-1] < 0.7 * ratios[4]
+    tested = result.result["test"]["last"]
+    assert tested["test_swd_ratio"] > 0 and tested["test_real_off_support"] > 0 and "test_goal_met" not in tested
     assert result.run_dir.parent.name == "tests"  # results/<group>/<id>
     assert (result.run_dir / PLOT_FILE).stat().st_size > 10_000
     assert json.loads((result.run_dir / STATS_FILE).read_text())["format"] == NormStats.FORMAT
+
+
+@pytest.mark.slow
+def test_the_gate_waits_for_a_quality_epoch(tmp_path):
+    from epochal import fit
+
+    overrides = {
+        "train.max_epochs": 6, "train.batch_size": 200, "train.progress": False, "schedule.warmup_steps": 2,
+        "task.n_samples": 1000, "task.hidden": 16, "task.depth": 1, "task.quality_every": 3,
+        "task.eval_samples": 100, "task.eval_draws": 2, "task.test_draws": 2, "task.floor_draws": 4,
+        "gate.below": {"swd_ratio": 1e9},  # any measured ratio passes; an unmeasured (NaN) one never does
+    }
+    result = fit("flow", config_layer(), overrides=overrides, out_dir=tmp_path, log=lambda _: None)
+    meta = result.result["metadata"]
+    assert (meta["gate_passed"], meta["gate_epoch"], result.result["epochs"]) == (True, 3, 3)
+    assert result.result["test"]["last"]["test_goal_met"] == 1.0
 
 
 @pytest.mark.slow
@@ -142,7 +187,7 @@ def test_resume_with_ema_equals_the_uninterrupted_run(tmp_path):
     overrides = {
         "train.max_epochs": 2, "train.batch_size": 128, "train.progress": False, "schedule.warmup_steps": 5,
         "ema.decay": 0.99, "task.n_samples": 1000, "task.hidden": 32, "task.depth": 2, "task.swd_directions": 16,
-        "task.eval_samples": 200, "task.swd_draws": 1,
+        "task.eval_samples": 200, "task.eval_draws": 1, "task.floor_draws": 4, "task.test_draws": 2,
     }
     quiet = lambda _: None  # noqa: E731
     straight = fit("flow", config_layer(), overrides=overrides, out_dir=tmp_path, experiment_id="straight", log=quiet)
@@ -151,7 +196,8 @@ def test_resume_with_ema_equals_the_uninterrupted_run(tmp_path):
     assert stopped.status == "preempted"
     resumed = fit("flow", config_layer(), overrides=overrides, out_dir=tmp_path, experiment_id="stopped", log=quiet,
                   resume="must")
-    assert resumed.result["curves"] == straight.result["curves"]
+    curves = [json.loads((r.run_dir / "result.json").read_text())["curves"] for r in (straight, resumed)]
+    assert curves[0] == curves[1]  # as written: NaN (no quality measure that epoch) is null, and null == null
     a, b = (CheckpointStore(r.run_dir / "checkpoints", 3).load_states("last.pt") for r in (straight, resumed))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["ema"]["shadow"][k], b["ema"]["shadow"][k])

@@ -2,6 +2,6 @@
 
 Modules, one concern each: ``data`` (datasets, files, normalisation), ``splits``
 (nested training subsets), ``augment``, ``model`` (velocity networks), ``icfm``
-(paths and loss), ``assignment`` (exact OT pairing), ``ode`` (solvers),
+(paths, loss and the exact OT pairing), ``ode`` (solvers),
 ``metrics`` (sliced Wasserstein), ``plot`` and ``task`` (the registered ``flow`` task).
 """

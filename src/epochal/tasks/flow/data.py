@@ -45,13 +45,13 @@ def checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
 
 # The mixture's means are part of the dataset's definition, so they come from a
 # constant seed: "gmm8d" is the same distribution whatever task.data_seed is.
-_GMM_MEANS = 3.0 * np.random.default_rng(8).standard_normal((8, 8))
+GMM_MEANS = 3.0 * np.random.default_rng(8).standard_normal((8, 8))
 
 
 def gaussian_mixture_8d(n: int, rng: np.random.Generator) -> np.ndarray:
     """Eight equal isotropic Gaussians (std 0.5) in 8-D around fixed random means."""
-    component = rng.integers(0, len(_GMM_MEANS), n)
-    return _GMM_MEANS[component] + 0.5 * rng.standard_normal((n, _GMM_MEANS.shape[1]))
+    component = rng.integers(0, len(GMM_MEANS), n)
+    return GMM_MEANS[component] + 0.5 * rng.standard_normal((n, GMM_MEANS.shape[1]))
 
 
 SYNTHETIC = {

@@ -1,10 +1,15 @@
 """The flow task (seed 004): conditional flow matching on vectors, scored by sample quality.
 
 Training regresses a velocity network on straight noise-to-data paths (``icfm.py``).
-Each evaluation reports the validation flow-matching loss (the early-stopping
-metric) on fixed noise, and the sliced Wasserstein distance of ODE samples
-(``ode.py``) to the test set next to its floor, the distance between two halves of
-the test set. The core swaps the EMA weights in for evaluation and test.
+Every evaluation reports the validation flow-matching loss on fixed noise (the
+early-stopping metric; a few milliseconds). Sample quality needs ODE samples
+(``ode.py``) and costs as much as a few epochs of training, so it is measured every
+``task.quality_every`` epochs and at the last epoch, and in full (more sample
+draws) by ``test()`` on the final and best weights; in between its metrics are NaN
+(null in result.json), which no gate threshold passes. Quality is read against
+what real data of the same size scores (``quality.py``): the sliced Wasserstein
+distance next to its floor, the off-support share next to real data's, and k-NN
+precision/recall. The core swaps the EMA weights in for evaluation and test.
 
 The run folder gets ``normalization_stats.json`` (training-split mean/std),
 ``splits.json`` (split sizes) and, at the end, ``samples.png``.
@@ -12,6 +17,7 @@ The run folder gets ``normalization_stats.json`` (training-split mean/std),
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -23,17 +29,22 @@ from epochal.callbacks.base import Callback
 from epochal.errors import ConfigError
 from epochal.tasks import Built, RunContext, Task
 from epochal.tasks.flow.augment import augment
-from epochal.tasks.flow.data import NormStats, build_flow_data, load_rows
+from epochal.tasks.flow.data import SYNTHETIC, NormStats, build_flow_data, load_rows
 from epochal.tasks.flow.icfm import pair_noise, squared_errors
-from epochal.tasks.flow.metrics import random_directions, sliced_wasserstein
+from epochal.tasks.flow.metrics import random_directions
 from epochal.tasks.flow.model import build_velocity_model
 from epochal.tasks.flow.ode import sample
 from epochal.tasks.flow.plot import plot_samples
+from epochal.tasks.flow.quality import Yardstick, build_yardstick, real_draws
+from epochal.tasks.flow.support import fit_support
 
 if TYPE_CHECKING:
     from epochal.config import RunConfig
 
 PLOT_FILE = "samples.png"
+# Metrics measured only on quality epochs; early stopping and best.pt need a metric of every evaluation.
+SAMPLED_METRICS = ("sample_swd", "sample_swd_sd", "swd_ratio", "swd_z", "off_support", "off_support_ratio",
+                   "knn_precision", "knn_recall")  # all of Yardstick.metric_names() but the constant swd_floor
 
 
 @dataclass
@@ -54,9 +65,13 @@ class FlowConfig:
     time_dim: int = 32  # size of the sinusoidal time embedding
     ode_method: Literal["euler", "midpoint", "rk4"] = "midpoint"  # sampler; midpoint is 2nd order at 2 calls a step
     ode_steps: int = 16  # fixed steps from noise (t=0) to data (t=1); straight-ish CFM paths need few
-    eval_samples: int = 2000  # most samples scored per evaluation (also capped by half the test set)
+    eval_samples: int = 1000  # samples per draw, compared with as many test rows (at most the test set; half of it for a file)
     swd_directions: int = 256  # random 1-D slices of the sliced Wasserstein distance: fewer are noisier
-    swd_draws: int = 4  # independent sample sets whose distances are averaged: same mean, less noise
+    eval_draws: int = 4  # sample sets per quality evaluation: their spread is reported, their mean gated
+    test_draws: int = 16  # sample sets of the final measure in test(): a tighter mean at a one-off cost
+    floor_draws: int = 32  # real sets (fresh draws, or test-set resplits for a file) that set each floor; issue 15 asks >= 20
+    quality_every: int = 5  # epochs between sample-quality measures (also at the last epoch); 1: every evaluation
+    knn_k: int = 3  # neighbours setting the k-NN balls of precision/recall (3, as Kynkaanniemi et al.)
     eval_batch_size: int = 256  # rows per chunk of the validation loss; for otcfm the OT pairing is per chunk, so match train.batch_size
 
     def validate(self) -> None:
@@ -73,11 +88,16 @@ class FlowConfig:
                 raise ConfigError(f"task.{name}: {getattr(self, name)} out of range; allowed: 0 < f < 0.5")
         if self.val_fraction + self.test_fraction > 0.5:
             raise ConfigError("task.val_fraction + task.test_fraction: above 0.5; allowed: at most half held out")
-        for name in ("n_samples", "hidden", "depth", "ode_steps", "eval_samples", "swd_directions", "swd_draws", "eval_batch_size"):
+        for name in ("n_samples", "hidden", "depth", "ode_steps", "eval_samples", "swd_directions", "eval_draws",
+                     "test_draws", "quality_every", "knn_k", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"task.{name}: {getattr(self, name)} must be positive; allowed: >= 1")
         if self.dataset != "file" and self.n_samples < 100:
             raise ConfigError(f"task.n_samples: {self.n_samples} is too few to split; allowed: >= 100")
+        if self.floor_draws < 2:
+            raise ConfigError(f"task.floor_draws: {self.floor_draws}; allowed: >= 2 (a spread needs two draws; 20+ for a stable one)")
+        if self.eval_samples <= self.knn_k:
+            raise ConfigError(f"task.eval_samples: {self.eval_samples}; allowed: more than task.knn_k = {self.knn_k}")
         if self.time_dim < 2 or self.time_dim % 2:
             raise ConfigError(f"task.time_dim: {self.time_dim}; allowed: an even number >= 2 (sin and cos pairs)")
 
@@ -93,13 +113,20 @@ class FlowEval:
     val: torch.Tensor  # normalised validation rows
     val_noise: torch.Tensor  # fixed x0 for the validation loss
     val_times: torch.Tensor  # fixed t (n, 1) for the validation loss
-    reference: torch.Tensor  # one half of the test set: what samples are compared with
-    sample_noise: torch.Tensor  # fixed x0 (draws, n, dim) carried to data space at every evaluation
-    test_noise: torch.Tensor  # separate x0 for the final test, so test() is not the eval draw again
-    directions: torch.Tensor  # SWD slices, the same for samples and floor
-    swd_floor: float  # distance of the test set's other half to `reference`
+    sample_noise: torch.Tensor  # fixed x0 (eval_draws, n, dim) carried to data space at every quality evaluation
+    test_noise: torch.Tensor  # separate x0 (test_draws, n, dim), so test() is not the eval draw again
+    yardstick: Yardstick  # references and what real data scores against them
+    quality_every: int
+    max_epochs: int | None  # the last epoch always gets a quality measure; None outside a fit
+    goal: dict[str, tuple[str, float]]  # the run's gate thresholds, metric -> ("<" or ">", value)
     stats: NormStats
     title: str
+    epoch: int | None = None  # the epoch being trained, set by QualitySchedule; None: evaluate() outside a fit
+
+    def quality_due(self) -> bool:
+        if self.epoch is None:
+            return True
+        return self.epoch % self.quality_every == 0 or self.epoch == self.max_epochs
 
 
 def _fixed_normal(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -107,13 +134,32 @@ def _fixed_normal(shape: tuple[int, ...], generator: torch.Generator, device: to
     return torch.randn(shape, generator=generator).to(device)
 
 
+def scored_size(cfg: FlowConfig, n_test: int) -> int:
+    """Rows per compared set: fresh draws can match the whole test set; resplits of a file need two halves."""
+    return min(cfg.eval_samples, n_test if cfg.dataset in SYNTHETIC else n_test // 2)
+
+
+def gate_goal(run: RunContext) -> dict[str, tuple[str, float]]:
+    gate = run.config.gate if run.config is not None else None
+    if gate is None:
+        return {}
+    return {**{m: (">", v) for m, v in gate.above.items()}, **{m: ("<", v) for m, v in gate.below.items()}}
+
+
 def make_eval_context(cfg: FlowConfig, val: torch.Tensor, test: torch.Tensor, stats: NormStats, run: RunContext) -> FlowEval:
     generator = torch.Generator().manual_seed(cfg.data_seed)
     device = run.device
-    n_scored = min(cfg.eval_samples, len(test) // 2)
+    n_scored = scored_size(cfg, len(test))
+    if n_scored <= cfg.knn_k + 1:
+        raise ConfigError(f"task.test_fraction: {len(test)} test rows leave {n_scored} per compared set; allowed: more "
+                          f"than task.knn_k + 1 = {cfg.knn_k + 1} (raise task.test_fraction or the number of rows)")
     dim = val.shape[1]
-    reference, other_half = test[:n_scored].to(device), test[n_scored : 2 * n_scored].to(device)
     directions = random_directions(dim, cfg.swd_directions, generator).to(device)
+    references, real = real_draws(cfg.dataset, test, n_scored, cfg.floor_draws, cfg.data_seed, stats.normalize)
+    support = fit_support(cfg.dataset, cfg.data_seed) if cfg.dataset in SYNTHETIC else None
+    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731
+    yardstick = build_yardstick(references.to(device), real.to(device), directions, as_tensor(stats.mean),
+                                as_tensor(stats.std), support, cfg.knn_k)
     return FlowEval(
         flow=cfg.flow,
         ode_method=cfg.ode_method,
@@ -122,11 +168,12 @@ def make_eval_context(cfg: FlowConfig, val: torch.Tensor, test: torch.Tensor, st
         val=val.to(device),
         val_noise=_fixed_normal(tuple(val.shape), generator, device),
         val_times=torch.rand(len(val), 1, generator=generator).to(device),
-        reference=reference,
-        sample_noise=_fixed_normal((cfg.swd_draws, n_scored, dim), generator, device),
-        test_noise=_fixed_normal((cfg.swd_draws, n_scored, dim), generator, device),
-        directions=directions,
-        swd_floor=float(sliced_wasserstein(reference, other_half, directions)),
+        sample_noise=_fixed_normal((cfg.eval_draws, n_scored, dim), generator, device),
+        test_noise=_fixed_normal((cfg.test_draws, n_scored, dim), generator, device),
+        yardstick=yardstick,
+        quality_every=cfg.quality_every,
+        max_epochs=run.config.train.max_epochs if run.config is not None else None,
+        goal=gate_goal(run),
         stats=stats,
         title=f"{cfg.dataset}, {cfg.arch}, {cfg.flow}, {cfg.ode_method} ODE, {cfg.ode_steps} steps",
     )
@@ -143,11 +190,40 @@ def validation_loss(model: nn.Module, ctx: FlowEval) -> float:
     return float(total / ctx.val.numel())
 
 
-def sample_distance(model: nn.Module, ctx: FlowEval, noise: torch.Tensor) -> float:
-    """Mean sliced Wasserstein distance of each draw of samples, from ``noise`` (draws, n, dim),
-    to the reference half of the test set; the draws are integrated as one batch."""
-    samples = sample(model, noise.flatten(0, 1), ctx.ode_steps, ctx.ode_method).reshape(noise.shape)
-    return float(sliced_wasserstein(samples, ctx.reference, ctx.directions).mean())
+def draw_samples(model: nn.Module, ctx: FlowEval, noise: torch.Tensor) -> torch.Tensor:
+    """Samples from ``noise`` (draws, n, dim), all draws integrated as one batch."""
+    return sample(model, noise.flatten(0, 1), ctx.ode_steps, ctx.ode_method).reshape(noise.shape)
+
+
+def goal_met(metrics: dict[str, float], goal: dict[str, tuple[str, float]], prefix: str = "") -> float | None:
+    """1.0 if every threshold of ``goal`` holds strictly (as the gate checks it), 0.0 if not,
+    None if a thresholded metric is not among ``metrics``."""
+    values = [metrics.get(prefix + name) for name in goal]
+    if not goal or any(v is None for v in values):
+        return None
+    held = [(v > limit) if op == ">" else (v < limit) for v, (op, limit) in zip(values, goal.values())]
+    return float(all(held))
+
+
+class QualitySchedule(Callback):
+    """Tells the evaluation context which epoch is being evaluated, and prints the goal and its floor.
+
+    The epoch comes from the loop's state, so a resumed run measures quality on the
+    same epochs as an uninterrupted one.
+    """
+
+    def __init__(self, ctx: FlowEval):
+        self.ctx = ctx
+
+    def on_fit_start(self, run) -> None:
+        run.printer(f"flow: {self.ctx.yardstick.describe()}")
+        gate = run.config.gate
+        if gate.above or gate.below:
+            goal = [f"{m} > {v}" for m, v in gate.above.items()] + [f"{m} < {v}" for m, v in gate.below.items()]
+            run.printer(f"flow goal (the gate): {' and '.join(goal)}; sample quality every {self.ctx.quality_every} epochs")
+
+    def on_epoch_start(self, run) -> None:
+        self.ctx.epoch = run.state.epoch + 1
 
 
 class SamplePlot(Callback):
@@ -159,7 +235,7 @@ class SamplePlot(Callback):
             samples = sample(model, ctx.sample_noise[0], ctx.ode_steps, ctx.ode_method)
         plot_samples(
             ctx.stats.denormalize(samples.float().cpu().numpy()),
-            ctx.stats.denormalize(ctx.reference.cpu().numpy()),
+            ctx.stats.denormalize(ctx.yardstick.references[0].cpu().numpy()),
             Path(run.dir) / PLOT_FILE,
             ctx.title,
         )
@@ -167,9 +243,9 @@ class SamplePlot(Callback):
 
 class FlowTask(Task):
     name = "flow"
-    summary = "conditional flow matching on 2-D/8-D vectors; sample quality by sliced Wasserstein vs a floor"
+    summary = "conditional flow matching on 2-D/8-D vectors; sample quality against real data's own scores"
     Config = FlowConfig
-    metrics = ("val_fm_loss", "sample_swd", "swd_floor", "swd_ratio")
+    metrics = ("val_fm_loss", *SAMPLED_METRICS, "swd_floor")
     # Seed 004's locked settings. The CPU recipes flow-moons and flow-8gaussians shorten
     # warmup and EMA decay to fit runs of a few thousand steps.
     defaults = {
@@ -184,6 +260,12 @@ class FlowTask(Task):
             raise ConfigError(
                 "group: required for the flow task; set group = \"<name>\" so runs are kept in results/<group>/"
             )
+        if config.task.quality_every > 1:
+            for name, metric in (("early_stop.metric", config.early_stop.metric if config.early_stop.enabled else ""),
+                                 ("checkpoint.best_metric", config.checkpoint.best_metric)):
+                if metric in SAMPLED_METRICS:
+                    raise ConfigError(f"{name}: {metric!r} is measured only every task.quality_every = "
+                                      f"{config.task.quality_every} epochs; allowed: val_fm_loss, or task.quality_every = 1")
 
     def build(self, cfg: FlowConfig, run: RunContext) -> Built:
         rows = load_rows(cfg.dataset, cfg.n_samples, cfg.data_path, cfg.data_seed)
@@ -195,6 +277,7 @@ class FlowTask(Task):
         self.std = torch.as_tensor(data.stats.std, dtype=torch.float32, device=run.device)
         model = build_velocity_model(cfg.arch, data.train.dim, cfg.hidden, cfg.depth, cfg.time_dim)
         ctx = make_eval_context(cfg, data.val.vectors, data.test.vectors, data.stats, run)
+        self.eval_context = ctx  # for QualitySchedule, which callbacks() hands the loop after build
         return Built(model=model, train_data=data.train.tensors(), eval_context=ctx)
 
     def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -208,17 +291,21 @@ class FlowTask(Task):
         return {"loss": squared_errors(model, batch["x0"], batch["x1"], batch["t"]).mean()}
 
     def evaluate(self, model: nn.Module, ctx: FlowEval) -> dict[str, float]:
-        swd = sample_distance(model, ctx, ctx.sample_noise)
-        return {
-            "val_fm_loss": validation_loss(model, ctx),
-            "sample_swd": swd,
-            "swd_floor": ctx.swd_floor,
-            "swd_ratio": swd / ctx.swd_floor,
-        }
+        metrics = {"val_fm_loss": validation_loss(model, ctx)}
+        if ctx.quality_due():
+            metrics.update(ctx.yardstick.measure(draw_samples(model, ctx, ctx.sample_noise)))
+        else:  # same keys every time: curves stay aligned, and a NaN passes no gate threshold
+            metrics.update({k: math.nan for k in ctx.yardstick.metric_names()})
+            metrics["swd_floor"] = ctx.yardstick.swd_floor.mean
+        return metrics
 
     def test(self, model: nn.Module, ctx: FlowEval) -> dict[str, float]:
-        swd = sample_distance(model, ctx, ctx.test_noise)
-        return {"test_sample_swd": swd, "test_swd_ratio": swd / ctx.swd_floor}
+        measured = ctx.yardstick.measure(draw_samples(model, ctx, ctx.test_noise))
+        out = {f"test_{k}": v for k, v in {**measured, **ctx.yardstick.floor_summary()}.items()}
+        met = goal_met(measured, ctx.goal)
+        if met is not None:
+            out["test_goal_met"] = met
+        return out
 
     def callbacks(self, cfg: FlowConfig, run: RunContext) -> list[Callback]:
-        return [SamplePlot()]
+        return [QualitySchedule(self.eval_context), SamplePlot()]
