@@ -27,7 +27,7 @@ BUILTIN_TASKS: dict[str, TaskEntry] = {
     ),
     "flow": TaskEntry(
         "epochal.tasks.flow.task:FlowTask",
-        "conditional flow matching on 2-D/8-D vectors; sample quality by sliced Wasserstein vs a floor",
+        "conditional flow matching on 2-D/8-D vectors; sample quality against real data's own scores",
     ),
     "scratch-mlp": TaskEntry(
         "epochal.scratch.task:ScratchMLPTask",

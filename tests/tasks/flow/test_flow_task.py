@@ -165,7 +165,7 @@ def test_tiny_run_improves_the_sample_distance(tmp_path):
 
 @pytest.mark.slow
 def test_the_gate_waits_for_a_quality_epoch(tmp_path):
-    from epochal import fit
+    from epochal import run as fit
 
     overrides = {
         "train.max_epochs": 6, "train.batch_size": 200, "train.progress": False, "schedule.warmup_steps": 2,
