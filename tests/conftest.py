@@ -15,7 +15,8 @@ def run_toy(tmp_path):
     from epochal import run as fit
 
     def run(experiment_id: str = "run", task="toy", **overrides):
-        settings = {"train.max_epochs": 3, "train.progress": False, "task.n_train": 256, "task.n_eval": 128}
+        settings = {"train.max_epochs": 3, "train.progress": False, "task.n_train": 256, "task.n_eval": 128,
+                    "log.plots": False}  # the plot tests turn them on; matplotlib costs seconds a run
         settings.update({k.replace("__", "."): v for k, v in overrides.pop("settings", {}).items()})
         return fit(task, overrides=settings, out_dir=tmp_path, experiment_id=experiment_id, log=quiet, **overrides)
 

@@ -7,6 +7,7 @@ matplotlib is imported on first use, with the Agg backend (no display needed).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import tomllib
@@ -16,6 +17,7 @@ from typing import Any
 
 from epochal.callbacks.base import Callback
 from epochal.errors import EpochalError
+from epochal.io import atomic_write_bytes
 
 DPI = 100  # 700x400-pixel figures: small PNGs that still read well in a report
 PLOTS = "plots"
@@ -202,8 +204,10 @@ def write_plots(run_dir: str | Path, task=None, loss_scale: str = "auto") -> lis
         if fig is None:
             continue
         folder.mkdir(exist_ok=True)
-        fig.savefig(folder / f"{stem}.png")
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
         plt.close(fig)
+        atomic_write_bytes(folder / f"{stem}.png", png.getvalue())  # the one write path, like every run file
         written.append(folder / f"{stem}.png")
     return written
 
