@@ -93,10 +93,12 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
         config.experiment_id = experiment_id  # an empty id is refused below, not replaced
     elif not config.experiment_id:
         config.experiment_id = default_run_id(task_obj.name)
-    elif not overwrite and resume == "never" and RunFolder(config.run_dir).path.exists():
-        # An id that came with a config (`--config results/X/config.toml`) is a default, not a collision.
-        taken, config.experiment_id = config.experiment_id, default_run_id(task_obj.name)
-        log(f"run folder {taken!r} exists; this run is {config.experiment_id!r}")
+    elif resume == "never" and not overwrite:
+        check_run_names(config.experiment_id, config.group)  # checked before the folder is looked up
+        if RunFolder(config.run_dir).path.exists():
+            # An id that came with a config (`--config results/X/config.toml`) is a default, not a collision.
+            taken, config.experiment_id = config.experiment_id, default_run_id(task_obj.name)
+            log(f"run folder {taken!r} exists; this run is {config.experiment_id!r}")
     check_run_names(config.experiment_id, config.group)
     folder = RunFolder(config.run_dir)
     with PreemptionSignals() as signals:

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from epochal.faults import KILL_ENV
+from epochal.loggers.perf import PERF_KEYS
 from epochal.resolve import resolve_config
 
 def weights_hash(run_dir: Path) -> str:
@@ -111,7 +112,7 @@ def _audit(task: str, config: Path, group: str, kills: int, out: str, run_id: st
 # What may differ between two runs of one config: when and where they ran, and their names.
 _VOLATILE = {"env.json": {"started", "command"},
              "result.json": {"experiment_id", "metadata.train_seconds"},
-             "history.jsonl": {"seconds"}}
+             "history.jsonl": {"seconds", *PERF_KEYS}}  # wall time and throughput are measurements, not results
 
 
 def compare_runs(a: Path, b: Path) -> list[tuple[str, str | None]]:
@@ -153,7 +154,8 @@ def _artifacts_differ(a: Path, b: Path) -> str | None:
     def files(run: Path) -> set[str]:
         return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.name != ".lock"
                 and not (p.parent.name == "checkpoints" and p.suffix == ".pt")
-                and p.name not in ("manifest.json", "config.toml")}
+                and p.parent.name != "plots"  # drawn from the data compared above; PNG bytes vary by process
+                and p.name not in ("manifest.json", "config.toml", "report.html")}
 
     names_a, names_b = files(a), files(b)
     if names_a != names_b:
