@@ -260,8 +260,8 @@ class IterableBatches(Batches):
 
     exact_resume = False
 
-    def __init__(self, loader: DataLoader, device: torch.device):
-        self.loader, self.device = loader, device
+    def __init__(self, loader: DataLoader, device: torch.device, seed: int):
+        self.loader, self.device, self.seed = loader, device, seed
 
     def __len__(self) -> int:
         raise TypeError("an iterable dataset has no known number of batches")
@@ -273,7 +273,16 @@ class IterableBatches(Batches):
     def _epoch(self, epoch: int, start: int) -> Iterator[Any]:
         if hasattr(self.loader.dataset, "set_epoch"):
             self.loader.dataset.set_epoch(epoch)
-        for position, batch in enumerate(self.loader):
+        loader = self.loader
+        own_seed = loader.generator is None
+        if own_seed:  # a DataLoader seeds its workers from the global stream otherwise: a resume would shift it
+            loader.generator = _epoch_generator(self.seed, epoch, 3)
+        try:
+            batches = iter(loader)
+        finally:
+            if own_seed:
+                loader.generator = None
+        for position, batch in enumerate(batches):
             if position >= start:  # a resume skips what it already trained on
                 yield to_device(batch, self.device, non_blocking=True)
 
@@ -286,10 +295,10 @@ def make_batches(train_data: Any, device: torch.device, batch_size: int, seed: i
                  workers: int = 0) -> Batches:
     if isinstance(train_data, DataLoader):
         if isinstance(train_data.dataset, IterableDataset):
-            return IterableBatches(train_data, device)
+            return IterableBatches(train_data, device, seed)
         return UserLoaderBatches(train_data, device, seed)
     if isinstance(train_data, IterableDataset):
-        return IterableBatches(DataLoader(train_data, batch_size=batch_size, num_workers=workers), device)
+        return IterableBatches(DataLoader(train_data, batch_size=batch_size, num_workers=workers), device, seed)
     if isinstance(train_data, TensorDataset):
         return DeviceBatches(tuple(train_data.tensors), device, batch_size, seed, drop_last)
     duck_typed = hasattr(train_data, "__getitem__") and hasattr(train_data, "__len__") and not isinstance(
