@@ -127,6 +127,7 @@ def test_a_user_model_resumes_after_sigkill_exactly(kind, tmp_path):
     again = run("killed")  # the script, run again, continues its run folder
     assert again.returncode == 0, again.stderr
     assert "resuming from checkpoint_step_00000009.pt" in again.stdout
+    assert ("resumes by skipping the 1 batches" in again.stdout) == (kind == "iterable")  # said in the run's log
     a, b = (json.loads((tmp_path / name / "result.json").read_text()) for name in ("straight", "killed"))
     assert a["curves"] == b["curves"] and a["steps"] == b["steps"] == (20 if kind == "iterable" else 24)
     assert weights_hash(tmp_path / "straight") == weights_hash(tmp_path / "killed")

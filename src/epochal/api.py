@@ -224,4 +224,7 @@ def _resume(run: Run, force: bool, log: Callable[[str], None]) -> bool:
         for note in notes:
             log(note.removeprefix("# "))
     log(f"resuming from {entry['file']} (epoch {run.state.epoch}, step {run.state.step})")
+    if not run.batches.exact_resume and run.state.batch_in_epoch:
+        log(f"the data has no known order: epoch {run.state.epoch + 1} resumes by skipping the "
+            f"{run.state.batch_in_epoch} batches already trained on (exact when every pass yields the same batches)")
     return True
