@@ -116,6 +116,20 @@ def test_sample_quality_only_on_due_epochs(tmp_path):
     assert measured[1]["val_fm_loss"] == measured[3]["val_fm_loss"]  # the loss is measured every time
 
 
+def test_a_measure_passing_the_goal_is_confirmed_on_more_draws(tmp_path):
+    task, built = build(tmp_path, eval_draws=2, test_draws=5)
+    ctx = built.eval_context
+    with torch.no_grad():
+        ctx.goal = {"swd_ratio": ("<", 0.0)}  # never met: the small measure stands
+        assert task.evaluate(built.model, ctx)["sample_draws"] == 2
+        ctx.goal = {"swd_ratio": ("<", 1e9)}  # always met: re-measured on 5 other draws
+        confirmed = task.evaluate(built.model, ctx)
+    assert confirmed["sample_draws"] == 5
+    with torch.no_grad():
+        assert confirmed == task.evaluate(built.model, ctx)  # fixed noise, also for the re-measure
+        assert task.test(built.model, ctx)["test_sample_swd"] != confirmed["sample_swd"]  # test() draws its own
+
+
 def test_a_sampled_metric_cannot_drive_early_stopping(tmp_path):
     layer = {**config_layer(), "early_stop": {"metric": "swd_ratio"}}
     with pytest.raises(ConfigError, match="early_stop.metric: 'swd_ratio' is measured only every"):
