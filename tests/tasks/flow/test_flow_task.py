@@ -57,6 +57,8 @@ def test_group_is_required():
         ({"val_fraction": 0.3, "test_fraction": 0.3}, "at most half"),
         ({"time_dim": 7}, "task.time_dim"),
         ({"ode_steps": 0}, "task.ode_steps"),
+        ({"test_draws": 1}, "task.test_draws: 1; allowed: >= 2"),
+        ({"floor_draws": 1}, "task.floor_draws"),
         ({"arch": "transformer"}, "task.arch"),
     ],
 )
@@ -165,8 +167,10 @@ def test_tiny_run_improves_the_sample_distance(tmp_path):
         "schedule.warmup_steps": 10, "ema.decay": 0.99, "ema.warmup": True,
         "task.n_samples": 4000, "task.hidden": 64, "task.depth": 2, "task.swd_directions": 64,
     }
-    result = fit("flow", config_layer(), overrides=overrides, out_dir=tmp_path, log=lambda _: None)
+    lines = []
+    result = fit("flow", config_layer(), overrides=overrides, out_dir=tmp_path, log=lines.append)
     assert result.status == "completed"
+    assert any(line.startswith("flow: floor at 400 points over 32 fresh draws") for line in lines)
     written = json.loads((result.run_dir / "result.json").read_text())
     ratios = written["curves"]["swd_ratio"]  # sample distance / floor; null between quality epochs
     assert [i + 1 for i, r in enumerate(ratios) if r is not None] == [5, 10, 15]  # task.quality_every = 5

@@ -3,10 +3,11 @@
 Training regresses a velocity network on straight noise-to-data paths (``icfm.py``).
 Every evaluation reports the validation flow-matching loss on fixed noise (the
 early-stopping metric; a few milliseconds). Sample quality needs ODE samples
-(``ode.py``) and costs as much as a few epochs of training, so it is measured every
+(``ode.py``) and costs about an epoch of training, so it is measured every
 ``task.quality_every`` epochs and at the last epoch, and in full (more sample
 draws) by ``test()`` on the final and best weights; in between its metrics are NaN
-(null in result.json), which no gate threshold passes. Quality is read against
+(null in result.json), which no gate threshold passes. A measure that meets the
+run's gate is re-measured on as many draws as ``test()`` uses before the gate sees it. Quality is read against
 what real data of the same size scores (``quality.py``): the sliced Wasserstein
 distance next to its floor, the off-support share next to real data's, and k-NN
 precision/recall. The core swaps the EMA weights in for evaluation and test.
@@ -96,6 +97,8 @@ class FlowConfig:
             raise ConfigError(f"task.n_samples: {self.n_samples} is too few to split; allowed: >= 100")
         if self.floor_draws < 2:
             raise ConfigError(f"task.floor_draws: {self.floor_draws}; allowed: >= 2 (a spread needs two draws; 20+ for a stable one)")
+        if self.test_draws < 2:
+            raise ConfigError(f"task.test_draws: {self.test_draws}; allowed: >= 2 (the final measure reports a spread)")
         if self.eval_samples <= self.knn_k:
             raise ConfigError(f"task.eval_samples: {self.eval_samples}; allowed: more than task.knn_k = {self.knn_k}")
         if self.time_dim < 2 or self.time_dim % 2:
