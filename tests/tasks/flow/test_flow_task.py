@@ -56,6 +56,8 @@ def test_group_is_required():
         ({"val_fraction": 0.3, "test_fraction": 0.3}, "at most half"),
         ({"time_dim": 7}, "task.time_dim"),
         ({"ode_steps": 0}, "task.ode_steps"),
+        ({"test_draws": 1}, "task.test_draws: 1; allowed: >= 2"),
+        ({"floor_draws": 1}, "task.floor_draws"),
         ({"arch": "transformer"}, "task.arch"),
     ],
 )
@@ -115,6 +117,20 @@ def test_sample_quality_only_on_due_epochs(tmp_path):
     assert measured[1]["val_fm_loss"] == measured[3]["val_fm_loss"]  # the loss is measured every time
 
 
+def test_a_measure_passing_the_goal_is_confirmed_on_more_draws(tmp_path):
+    task, built = build(tmp_path, eval_draws=2, test_draws=5)
+    ctx = built.eval_context
+    with torch.no_grad():
+        ctx.goal = {"swd_ratio": ("<", 0.0)}  # never met: the small measure stands
+        assert task.evaluate(built.model, ctx)["sample_draws"] == 2
+        ctx.goal = {"swd_ratio": ("<", 1e9)}  # always met: re-measured on 5 other draws
+        confirmed = task.evaluate(built.model, ctx)
+    assert confirmed["sample_draws"] == 5
+    with torch.no_grad():
+        assert confirmed == task.evaluate(built.model, ctx)  # fixed noise, also for the re-measure
+        assert task.test(built.model, ctx)["test_sample_swd"] != confirmed["sample_swd"]  # test() draws its own
+
+
 def test_a_sampled_metric_cannot_drive_early_stopping(tmp_path):
     layer = {**config_layer(), "early_stop": {"metric": "swd_ratio"}}
     with pytest.raises(ConfigError, match="early_stop.metric: 'swd_ratio' is measured only every"):
@@ -150,8 +166,10 @@ def test_tiny_run_improves_the_sample_distance(tmp_path):
         "schedule.warmup_steps": 10, "ema.decay": 0.99, "ema.warmup": True,
         "task.n_samples": 4000, "task.hidden": 64, "task.depth": 2, "task.swd_directions": 64,
     }
-    result = fit("flow", config_layer(), overrides=overrides, out_dir=tmp_path, log=lambda _: None)
+    lines = []
+    result = fit("flow", config_layer(), overrides=overrides, out_dir=tmp_path, log=lines.append)
     assert result.status == "completed"
+    assert any(line.startswith("flow: floor at 400 points over 32 fresh draws") for line in lines)
     written = json.loads((result.run_dir / "result.json").read_text())
     ratios = written["curves"]["swd_ratio"]  # sample distance / floor; null between quality epochs
     assert [i + 1 for i, r in enumerate(ratios) if r is not None] == [5, 10, 15]  # task.quality_every = 5

@@ -125,7 +125,7 @@ class Yardstick:
 
     def metric_names(self) -> list[str]:
         """The keys measure() returns."""
-        names = ["sample_swd", "sample_swd_sd", "swd_floor", "swd_ratio", "swd_z"]
+        names = ["sample_draws", "sample_swd", "sample_swd_sd", "swd_floor", "swd_ratio", "swd_z"]
         if self.support is not None:
             names += ["off_support", "off_support_ratio"]
         return [*names, "knn_precision", "knn_recall"]
@@ -134,6 +134,7 @@ class Yardstick:
         """Every read-out for sample sets (draws, n, dim), in normalised units like the references."""
         swd = Spread.of(sliced_wasserstein_sorted(samples, _matched(self.reference_sorted, len(samples)), self.directions))
         out = {
+            "sample_draws": float(swd.draws),
             "sample_swd": swd.mean,
             "sample_swd_sd": swd.sd,
             "swd_floor": self.swd_floor.mean,

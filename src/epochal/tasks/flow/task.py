@@ -3,10 +3,11 @@
 Training regresses a velocity network on straight noise-to-data paths (``icfm.py``).
 Every evaluation reports the validation flow-matching loss on fixed noise (the
 early-stopping metric; a few milliseconds). Sample quality needs ODE samples
-(``ode.py``) and costs as much as a few epochs of training, so it is measured every
+(``ode.py``) and costs about an epoch of training, so it is measured every
 ``task.quality_every`` epochs and at the last epoch, and in full (more sample
 draws) by ``test()`` on the final and best weights; in between its metrics are NaN
-(null in result.json), which no gate threshold passes. Quality is read against
+(null in result.json), which no gate threshold passes. A measure that meets the
+run's gate is re-measured on as many draws as ``test()`` uses before the gate sees it. Quality is read against
 what real data of the same size scores (``quality.py``): the sliced Wasserstein
 distance next to its floor, the off-support share next to real data's, and k-NN
 precision/recall. The core swaps the EMA weights in for evaluation and test.
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 PLOT_FILE = "samples.png"
 # Metrics measured only on quality epochs; early stopping and best.pt need a metric of every evaluation.
-SAMPLED_METRICS = ("sample_swd", "sample_swd_sd", "swd_ratio", "swd_z", "off_support", "off_support_ratio",
+SAMPLED_METRICS = ("sample_draws", "sample_swd", "sample_swd_sd", "swd_ratio", "swd_z", "off_support", "off_support_ratio",
                    "knn_precision", "knn_recall")  # all of Yardstick.metric_names() but the constant swd_floor
 
 
@@ -68,7 +69,7 @@ class FlowConfig:
     eval_samples: int = 1000  # samples per draw, compared with as many test rows (at most the test set; half of it for a file)
     swd_directions: int = 256  # random 1-D slices of the sliced Wasserstein distance: fewer are noisier
     eval_draws: int = 4  # sample sets per quality evaluation: their spread is reported, their mean gated
-    test_draws: int = 16  # sample sets of the final measure in test(): a tighter mean at a one-off cost
+    test_draws: int = 16  # sample sets of test() and of the re-measure of an evaluation that passes the goal
     floor_draws: int = 32  # real sets (fresh draws, or test-set resplits for a file) that set each floor; issue 15 asks >= 20
     quality_every: int = 5  # epochs between sample-quality measures (also at the last epoch); 1: every evaluation
     knn_k: int = 3  # neighbours setting the k-NN balls of precision/recall (3, as Kynkaanniemi et al.)
@@ -96,6 +97,8 @@ class FlowConfig:
             raise ConfigError(f"task.n_samples: {self.n_samples} is too few to split; allowed: >= 100")
         if self.floor_draws < 2:
             raise ConfigError(f"task.floor_draws: {self.floor_draws}; allowed: >= 2 (a spread needs two draws; 20+ for a stable one)")
+        if self.test_draws < 2:
+            raise ConfigError(f"task.test_draws: {self.test_draws}; allowed: >= 2 (the final measure reports a spread)")
         if self.eval_samples <= self.knn_k:
             raise ConfigError(f"task.eval_samples: {self.eval_samples}; allowed: more than task.knn_k = {self.knn_k}")
         if self.time_dim < 2 or self.time_dim % 2:
@@ -115,6 +118,7 @@ class FlowEval:
     val_times: torch.Tensor  # fixed t (n, 1) for the validation loss
     sample_noise: torch.Tensor  # fixed x0 (eval_draws, n, dim) carried to data space at every quality evaluation
     test_noise: torch.Tensor  # separate x0 (test_draws, n, dim), so test() is not the eval draw again
+    confirm_noise: torch.Tensor  # x0 (test_draws, n, dim) that re-measures an evaluation passing the goal
     yardstick: Yardstick  # references and what real data scores against them
     quality_every: int
     max_epochs: int | None  # the last epoch always gets a quality measure; None outside a fit
@@ -170,6 +174,7 @@ def make_eval_context(cfg: FlowConfig, val: torch.Tensor, test: torch.Tensor, st
         val_times=torch.rand(len(val), 1, generator=generator).to(device),
         sample_noise=_fixed_normal((cfg.eval_draws, n_scored, dim), generator, device),
         test_noise=_fixed_normal((cfg.test_draws, n_scored, dim), generator, device),
+        confirm_noise=_fixed_normal((cfg.test_draws, n_scored, dim), generator, device),
         yardstick=yardstick,
         quality_every=cfg.quality_every,
         max_epochs=run.config.train.max_epochs if run.config is not None else None,
@@ -195,10 +200,10 @@ def draw_samples(model: nn.Module, ctx: FlowEval, noise: torch.Tensor) -> torch.
     return sample(model, noise.flatten(0, 1), ctx.ode_steps, ctx.ode_method).reshape(noise.shape)
 
 
-def goal_met(metrics: dict[str, float], goal: dict[str, tuple[str, float]], prefix: str = "") -> float | None:
+def goal_met(metrics: dict[str, float], goal: dict[str, tuple[str, float]]) -> float | None:
     """1.0 if every threshold of ``goal`` holds strictly (as the gate checks it), 0.0 if not,
     None if a thresholded metric is not among ``metrics``."""
-    values = [metrics.get(prefix + name) for name in goal]
+    values = [metrics.get(name) for name in goal]
     if not goal or any(v is None for v in values):
         return None
     held = [(v > limit) if op == ">" else (v < limit) for v, (op, limit) in zip(values, goal.values())]
@@ -293,7 +298,14 @@ class FlowTask(Task):
     def evaluate(self, model: nn.Module, ctx: FlowEval) -> dict[str, float]:
         metrics = {"val_fm_loss": validation_loss(model, ctx)}
         if ctx.quality_due():
-            metrics.update(ctx.yardstick.measure(draw_samples(model, ctx, ctx.sample_noise)))
+            measured = ctx.yardstick.measure(draw_samples(model, ctx, ctx.sample_noise))
+            if goal_met({**metrics, **measured}, ctx.goal) == 1.0:
+                # The gate stops at the first pass, and the first of many noisy readings to
+                # pass tends to be a lucky one (a 190-epoch moons run passed at 1.94 and read
+                # 2.36 on fresh samples). So a pass is re-measured on test_draws independent
+                # sets, and the gate sees that larger measure.
+                measured = ctx.yardstick.measure(draw_samples(model, ctx, ctx.confirm_noise))
+            metrics.update(measured)
         else:  # same keys every time: curves stay aligned, and a NaN passes no gate threshold
             metrics.update({k: math.nan for k in ctx.yardstick.metric_names()})
             metrics["swd_floor"] = ctx.yardstick.swd_floor.mean
