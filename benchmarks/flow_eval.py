@@ -16,7 +16,8 @@ judged by one yardstick:
   independent check of the sliced distance.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/flow_eval.py
-    git archive <base> src configs | tar -x -C /tmp/before      # then, before and after interleaved:
+    git archive <base> src configs | tar -x -C /tmp/before      # then, before and after interleaved
+    # (checkouts before the recipes moved into the package keep them in configs/):
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/flow_eval.py \
         --before-src /tmp/before/src --before-configs /tmp/before/configs
     PYTHONPATH=src python benchmarks/flow_eval.py --score-only          # rescore the saved runs
@@ -42,7 +43,10 @@ RECIPES = ("flow-moons", "flow-8gaussians")
 # Runs inside the child, against whichever epochal PYTHONPATH names.
 CHILD = r"""
 import json, sys, time
-from epochal import fit
+try:
+    from epochal import run as train  # epochal.run(task, config, overrides=...)
+except ImportError:
+    from epochal import fit as train  # checkouts before the loop rewrite named it fit
 from epochal.tasks.flow import task as flow_task
 
 recipe, seed, out_dir, experiment_id = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -62,7 +66,7 @@ flow_task.FlowTask.test = timed("test", flow_task.FlowTask.test)
 flow_task.SamplePlot.on_fit_end = timed("plot", flow_task.SamplePlot.on_fit_end)
 flow_task.make_eval_context = timed("setup", flow_task.make_eval_context)
 started = time.perf_counter()
-result = fit("flow", recipe, overrides={"train.seed": seed, "train.progress": False}, out_dir=out_dir,
+result = train("flow", recipe, overrides={"train.seed": seed, "train.progress": False}, out_dir=out_dir,
              experiment_id=experiment_id, overwrite=True, log=lambda line: None)
 wall = time.perf_counter() - started
 print(json.dumps({"wall": wall, "spent": spent, "run_dir": str(result.run_dir), "epochs": result.result["epochs"],
@@ -186,7 +190,8 @@ def score_run(run_dir: Path, draws: int, w2_points: int = 1000, w2_draws: int = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", type=Path, default=REPO / "src", help="epochal source tree to train with")
-    parser.add_argument("--configs", type=Path, default=REPO / "configs", help="folder holding the recipes")
+    parser.add_argument("--configs", type=Path, default=REPO / "src" / "epochal" / "recipes",
+                        help="folder holding the recipes")
     parser.add_argument("--before-src", type=Path, help="also train with this older source tree, interleaved")
     parser.add_argument("--before-configs", type=Path, help="the older tree's recipes (default: --configs)")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES))

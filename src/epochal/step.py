@@ -30,42 +30,42 @@ def autocast(device: torch.device, precision: str):
 
 
 class StepRecords:
-    """Per-step values kept on the device until the loop fetches them, at most ``capacity`` at a time.
+    """Per-step values kept on the device until the loop fetches them.
 
-    One row per step, one column per value: a step costs one stack and one copy.
-    ``fetch`` is the only synchronisation of the training path; the loop fetches at
-    least every ``log_every`` steps, which is the capacity.
+    One row per step, one column per value: a step costs one stack. ``fetch`` is the
+    only synchronisation of the training path; the loop fetches at least every
+    ``log_every`` steps, so at most that many rows wait.
     """
 
-    def __init__(self, capacity: int, device: torch.device):
-        self.capacity, self.device = capacity, device
+    def __init__(self):
         self.names: list[str] = []
-        self.rows: torch.Tensor | None = None
-        self.lrs = [0.0] * capacity  # host floats, read from the optimizer before each step
-        self.pending = 0
+        self.rows: list[torch.Tensor] = []  # one stacked row per step since the last fetch
+        self.lrs: list[float] = []  # host floats, read from the optimizer before each step
+
+    @property
+    def pending(self) -> int:
+        return len(self.rows)
 
     def write(self, values: dict[str, torch.Tensor], lr: float) -> None:
-        if self.rows is None:
+        if not self.names:
             self.names = list(values)
-            self.rows = torch.zeros(self.capacity, len(self.names), device=self.device, dtype=torch.float32)
-        self.rows[self.pending] = torch.stack([v.detach().float() for v in values.values()])
-        self.lrs[self.pending] = lr
-        self.pending += 1
+        self.rows.append(torch.stack([v.detach().float() for v in values.values()]))
+        self.lrs.append(lr)
 
     def fetch(self, last_step: int, epoch: int) -> list[dict[str, float]]:
         """Records of the steps written since the last fetch; ``last_step`` is the newest one's number."""
-        count = self.pending
-        if self.rows is None or count == 0:
+        count, lrs = self.pending, self.lrs
+        if count == 0:
             return []
-        columns = self.rows[:count].T.tolist()
-        self.pending = 0
+        columns = torch.stack(self.rows).T.tolist()
+        self.discard()
         first_step = last_step - count + 1
-        return [{"step": first_step + i, "epoch": epoch, "lr": self.lrs[i],
+        return [{"step": first_step + i, "epoch": epoch, "lr": lrs[i],
                  **{name: column[i] for name, column in zip(self.names, columns)}} for i in range(count)]
 
     def discard(self) -> None:
         """Forget unfetched values (a rollback or resume replaces the steps they belong to)."""
-        self.pending = 0
+        self.rows, self.lrs = [], []
 
 
 Loss = Union[torch.Tensor, tuple]  # a mean over the micro-batch's examples, or a (sum, count) pair
@@ -118,13 +118,11 @@ class Step:
         """
         if self.prepare is not None:
             batch = self.prepare(batch)  # per-batch draws happen once, on the whole batch
-        size = batch_size(batch)
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, torch.Tensor] = {}
-        for micro in split(batch, min(self.grad_accum, size)):
+        for micro, share in self._micro_batches(batch):
             with autocast(self.device, self.precision):
                 parts = loss_parts(self.loss_fn(self.model, micro))
-            share = batch_size(micro) / size
             loss = parts["loss"]
             if _is_pair(loss):
                 loss = loss[0]
@@ -161,6 +159,13 @@ class Step:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {**totals, "grad_norm": grad_norm}
+
+    def _micro_batches(self, batch: Any) -> list[tuple[Any, float]]:
+        """The micro-batches of one step, each with its share of the batch's examples."""
+        if self.grad_accum == 1:
+            return [(batch, 1.0)]
+        size = batch_size(batch)
+        return [(micro, batch_size(micro) / size) for micro in split(batch, min(self.grad_accum, size))]
 
     def _clip(self) -> torch.Tensor:
         if self.grad_clip > 0:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 from epochal import loggers
-from epochal.callbacks.base import Callback
+from epochal.callbacks.base import EVENTS, Callback, handles
 from epochal.callbacks.best import BestMetric
 from epochal.callbacks.checkpointing import Checkpointing
 from epochal.callbacks.console import Console
@@ -63,7 +63,7 @@ class Run:
                               f"AdamW/Adam/SGD), not {type(self.optimizer).__name__}; allowed: stop, rollback")
         self.step = Step(forward_model, task.loss, self.optimizer, self.scheduler, device, train.precision,
                          train.grad_clip, train.grad_accum, train.guard_nonfinite, getattr(task, "prepare_batch", None))
-        self.records = StepRecords(train.log_every, device)
+        self.records = StepRecords()
         self.state = TrainState()
         self.store = CheckpointStore(folder.path / "checkpoints", config.checkpoint.keep_last)
         self.writer = BackgroundWriter(config.checkpoint.async_write)
@@ -75,6 +75,8 @@ class Run:
         self.callbacks = [*meters, *policies(config, self.model), *task.callbacks(config.task, context), *callbacks,
                           Checkpointing(config.checkpoint, train.max_epochs), Preemption(signals),
                           RunRecord(), *listeners, Console(log, train.progress, train.max_epochs)]
+        # Per event, the callbacks that handle it: on_step_end runs every step, most callbacks ignore it.
+        self.handlers = {event: [c for c in self.callbacks if handles(c, event)] for event in EVENTS}
         self.registry = self._register()
 
     def _register(self) -> StateRegistry:
@@ -110,7 +112,7 @@ class Run:
     # ---------------------------------------------------------------- events
     def emit(self, event: str, *args) -> list[Decision]:
         decisions: list[Decision] = []
-        for callback in self.callbacks:
+        for callback in self.handlers[event]:
             returned = getattr(callback, event)(self, *args)
             decisions += as_decisions(returned, f"{type(callback).__name__}.{event}")
         return decisions

@@ -31,6 +31,8 @@ from epochal.decisions import Decision
 
 Returned = Decision | list[Decision] | None
 
+EVENTS = ("on_fit_start", "on_epoch_start", "on_step_end", "on_log", "on_eval_end", "on_epoch_end", "on_fit_end")
+
 
 class Callback:
     # Name of this callback's state in the registry and in checkpoints; empty: stateless.
@@ -56,3 +58,9 @@ class Callback:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def handles(callback: Callback, event: str) -> bool:
+    """Whether ``callback`` does something on ``event`` (its class overrides the no-op)."""
+    own = getattr(type(callback), event, None)
+    return own is not None and own is not getattr(Callback, event)
