@@ -1,0 +1,211 @@
+"""`epochal report SWEEP_DIR`: one self-contained report.html per sweep folder.
+
+Drawn from sweep.json (one entry per point: parameters, value, spread, status, failure
+reason, run folders) and spec.toml (how each parameter is sampled), with report.py's pieces:
+the sweep at a glance, the best points by the objective's direction, the metric against each
+swept parameter (``plots/<metric>-vs-<parameter>.png``, embedded), the failed and pruned
+points with their reasons, and every point with links to its run folders.
+
+A point is what sweep.json lists; the trials column names the Optuna trials that tried it
+(more than one after a retry or a duplicate draw).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from epochal.config import load_toml
+from epochal.errors import ConfigError, EpochalError
+from epochal.io import atomic_write_text
+from epochal.plots import DPI, PLOTS, pyplot, save_png, use_log_scale
+from epochal.records import read_json
+from epochal.report import Markup, html_table, image_tag, page, section, status_badge
+from epochal.sweep.spec import Choice, Range, SweepSpec, parse_spec
+
+BEST = 5  # points in the best table: enough to tell a plateau from one lucky point
+SWEEP_FILES = ("sweep.json", "spec.toml")
+WHAT = "the sweep.json `epochal sweep` writes"
+POINT_KEYS = ("point", "params", "status")  # what every entry of sweep.json must have for a row
+
+
+def is_sweep_folder(path: Path) -> bool:
+    return any((path / name).exists() for name in SWEEP_FILES)
+
+
+# ----------------------------------------------------------------------------- reading
+def read_sweep(sweep_dir: Path) -> tuple[dict, SweepSpec]:
+    """sweep.json and the spec, checked; one line naming the file and what is missing otherwise."""
+    path = sweep_dir / "sweep.json"
+    summary = read_json(path, WHAT)
+    if not isinstance(summary, dict):
+        raise EpochalError(f"{path}: not a JSON object; allowed: {WHAT}")
+    missing = [key for key in ("metric", "direction", "points") if key not in summary]
+    if missing:
+        state = f" (sweep state {summary['state']!r})" if "state" in summary else ""
+        raise EpochalError(f"{path}: no {', '.join(missing)} yet{state}; allowed: {WHAT} once its first worker "
+                           "started")
+    if not isinstance(summary["points"], list):
+        raise EpochalError(f"{path}: points is not a list; allowed: {WHAT}")
+    for index, entry in enumerate(summary["points"]):
+        lacking = [key for key in POINT_KEYS if not isinstance(entry, dict) or key not in entry]
+        if lacking or not isinstance(entry["params"], dict):
+            raise EpochalError(f"{path}: points[{index}] has no {(lacking or ['params'])[0]}; allowed: {WHAT}")
+    if summary["direction"] not in ("minimize", "maximize"):
+        raise EpochalError(f"{path}: direction {summary['direction']!r}; allowed: minimize, maximize")
+    spec_path = sweep_dir / "spec.toml"
+    try:
+        spec = parse_spec(load_toml(spec_path, label=""))
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(message if message.startswith(str(spec_path)) else f"{spec_path}: {message}") from None
+    return summary, spec
+
+
+# ----------------------------------------------------------------------------- choosing
+def first_trial(entry: dict) -> int:
+    """The trial that first tried the point: the order points were tried in (unknown ones last)."""
+    return min(entry.get("trials") or [1 << 62])
+
+
+def best_points(summary: dict, n: int = BEST) -> list[dict]:
+    """The n completed points with the best value, by the objective's direction; ties by trial order."""
+    sign = 1 if summary["direction"] == "minimize" else -1
+    done = [e for e in summary["points"] if e["status"] == "completed" and e.get("value") is not None]
+    return sorted(done, key=lambda e: (sign * e["value"], first_trial(e)))[:n]
+
+
+def stopped_points(summary: dict) -> list[dict]:
+    """Failed and pruned points, in the order they were tried."""
+    return sorted((e for e in summary["points"] if e["status"] in ("failed", "pruned")), key=first_trial)
+
+
+# ----------------------------------------------------------------------------- tables
+def run_links(entry: dict, sweep_dir: Path, report_dir: Path) -> Markup | None:
+    """Links to the point's run folders (one per seed), relative to where the report is; None without any."""
+    links = []
+    for seed, run in sorted((entry.get("runs") or {}).items(), key=lambda item: int(item[0])):
+        href = Path(os.path.relpath(sweep_dir / run, report_dir)).as_posix()
+        links.append(f"<a href=\"{href}/\">{Path(run).name}</a>")
+    return Markup("<br>".join(links)) if links else None
+
+
+def point_row(entry: dict, names: list[str], sweep_dir: Path, report_dir: Path) -> list[Any]:
+    """trials, point, each parameter, value, std, status, failure reason, runs."""
+    trials = ", ".join(map(str, entry.get("trials") or [])) or None
+    return [trials, entry["point"], *[entry["params"].get(name) for name in names], entry.get("value"),
+            entry.get("std"), Markup(status_badge(entry["status"])), entry.get("failure_reason") or "",
+            run_links(entry, sweep_dir, report_dir)]
+
+
+def points_table(entries: list[dict], summary: dict, names: list[str], sweep_dir: Path, report_dir: Path) -> str:
+    headers = ["trials", "point", *names, summary["metric"], "std", "status", "failure reason", "runs"]
+    return html_table(headers, [point_row(e, names, sweep_dir, report_dir) for e in entries])
+
+
+def overview_section(summary: dict, spec: SweepSpec) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in (summary.get("counts") or {}).items() if n)
+    value = {"last": "at the last evaluation", "best": "best over the evaluations"}[spec.value]
+    best = best_points(summary, 1)
+    rows = [["task", summary.get("task")], ["method", spec.method],
+            ["objective", f"{summary['direction']} {summary['metric']} ({value}, mean over seeds)"],
+            ["seeds", ", ".join(map(str, spec.seeds))],
+            ["points", f"{len(summary['points'])} listed of {summary.get('points_asked', '?')} asked"
+                       + (f": {counts}" if counts else "")],
+            ["state", summary.get("state")], ["storage", summary.get("storage")],
+            ["created", summary.get("created")], ["updated", summary.get("updated")]]
+    if best:
+        shown = ", ".join(f"{k} = {v}" for k, v in best[0]["params"].items())
+        rows.append(["best point", f"{best[0]['point']}: {shown} ({summary['metric']} {best[0]['value']:.4g})"])
+    return section("Sweep", html_table(None, rows))
+
+
+# ----------------------------------------------------------------------------- plots
+def categories(param: Choice, seen: list[Any]) -> list[Any]:
+    """The choices in the spec's order, then any value sweep.json has that the spec does not."""
+    found = list(param.values)
+    return found + [v for v in dict.fromkeys(seen) if v not in found]
+
+
+def parameter_figure(summary: dict, name: str, param: Choice | Range):
+    """The metric of each completed point against one parameter, mean ± std over seeds, the best starred;
+    a range on its own axis (log if the spec samples its logarithm), choices as categories. None without points."""
+    done = [e for e in summary["points"] if e["status"] == "completed" and e.get("value") is not None
+            and name in e["params"]]
+    if not done:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=DPI)
+    values = [e["params"][name] for e in done]
+    if isinstance(param, Choice):
+        labels = categories(param, values)
+        xs = [labels.index(v) for v in values]
+        ax.set_xticks(range(len(labels)), [str(v) for v in labels])
+        ax.set_xlim(-0.5, len(labels) - 0.5)
+    else:
+        xs = values
+        if param.log:
+            ax.set_xscale("log")
+    ys = [e["value"] for e in done]
+    ax.errorbar(xs, ys, yerr=[e.get("std") or 0.0 for e in done], fmt="o", capsize=3, color="tab:blue",
+                label="point (mean ± std over seeds)")
+    best = best_points(summary, 1)[0]
+    ax.plot([xs[done.index(best)]], [best["value"]], marker="*", markersize=14, color="tab:green",
+            linestyle="none", label=f"best ({best['point']})")
+    if use_log_scale(ys, "auto"):
+        ax.set_yscale("log")
+    ax.set_xlabel(name + (" (log scale)" if isinstance(param, Range) and param.log else ""))
+    ax.set_ylabel(f"{summary['metric']} ({summary['direction']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{summary['metric']} vs {name} · {len(done)} completed points", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_path(sweep_dir: Path, metric: str, name: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{metric}-vs-{name}")
+    return sweep_dir / PLOTS / f"{safe}.png"
+
+
+def write_sweep_plots(sweep_dir: Path, summary: dict, spec: SweepSpec) -> list[Path]:
+    """One plot per swept parameter into <sweep>/plots; returns the files written."""
+    written = []
+    for name, param in spec.space.items():
+        fig = parameter_figure(summary, name, param)
+        if fig is not None:
+            written.append(save_png(fig, plot_path(sweep_dir, summary["metric"], name)))
+    return written
+
+
+# ----------------------------------------------------------------------------- the page
+def sweep_sections(sweep_dir: Path, summary: dict, spec: SweepSpec, report_dir: Path) -> list[str]:
+    names = list(spec.space)
+    plots = write_sweep_plots(sweep_dir, summary, spec)
+    best, stopped = best_points(summary), stopped_points(summary)
+    everything = sorted(summary["points"], key=first_trial)
+    return [
+        overview_section(summary, spec),
+        section(f"Best points (top {BEST}, {summary['direction']} {summary['metric']})",
+                points_table(best, summary, names, sweep_dir, report_dir) if best else "<p>No point completed yet.</p>"),
+        section(f"{summary['metric']} vs each swept parameter",
+                "\n".join(image_tag(p, f"{p.relative_to(sweep_dir)}: completed points; failed and pruned ones are "
+                                       "listed below") for p in plots) or "<p>No point completed yet.</p>"),
+        section("Failed and pruned points", points_table(stopped, summary, names, sweep_dir, report_dir)
+                if stopped else "<p>None.</p>"),
+        section("All points, in the order they were tried",
+                points_table(everything, summary, names, sweep_dir, report_dir) if everything
+                else "<p>No point tried yet.</p>"),
+    ]
+
+
+def sweep_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw the sweep's plots and write its report.html (into the sweep folder unless ``out``)."""
+    sweep_dir = Path(sweep_dir)
+    summary, spec = read_sweep(sweep_dir)
+    target = Path(out) if out else sweep_dir / "report.html"
+    title = f"sweep {summary.get('sweep', sweep_dir.name)} · {summary.get('task', spec.task)}"
+    atomic_write_text(target, page(title, sweep_sections(sweep_dir, summary, spec, target.resolve().parent)))
+    return target
