@@ -84,6 +84,11 @@ def test_each_parameter_gets_the_axis_its_spec_samples_on():
     assert [t.get_text() for t in batch.get_xticklabels()] == ["32", "64", "128"]
     assert parameter_figure(summary(), "task.hidden", space["task.hidden"]).axes[0].get_xscale() == "linear"
     assert parameter_figure(summary(points=[POINTS[2]]), "optim.lr", space["optim.lr"]) is None
+    # A failed point whose seeds gave a value (a gate not passed) is crossed where it fell.
+    gated = dict(point(7, None, "failed", lr=2e-4, reason="seed 0: gate not passed"), values={"0": 0.7})
+    lines = parameter_figure(summary(points=[*POINTS, gated]), "optim.lr", space["optim.lr"]).axes[0].get_lines()
+    crossed = [line for line in lines if line.get_marker() == "x"]
+    assert len(crossed) == 1 and crossed[0].get_xydata().tolist() == [[2e-4, 0.7]]
 
 
 def test_plots_and_the_report_are_written_through_io(tmp_path, written):  # noqa: F811

@@ -129,28 +129,47 @@ def categories(param: Choice, seen: list[Any]) -> list[Any]:
     return found + [v for v in dict.fromkeys(seen) if v not in found]
 
 
-def parameter_figure(summary: dict, name: str, param: Choice | Range):
-    """The metric of each completed point against one parameter, mean ± std over seeds, the best starred;
-    a range on its own axis (log if the spec samples its logarithm), choices as categories. None without points."""
-    done = [e for e in summary["points"] if e["status"] == "completed" and e.get("value") is not None
-            and name in e["params"]]
-    if not done:
-        return None
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=DPI)
-    values = [e["params"][name] for e in done]
+def mean_of_seeds(entry: dict) -> float | None:
+    """A failed point's mean over the seeds that gave a value (a gate not passed); None if none did."""
+    numbers = [v for v in (entry.get("values") or {}).values() if v is not None]
+    return sum(numbers) / len(numbers) if numbers else None
+
+
+def x_positions(ax, param: Choice | Range, values: list[Any]) -> list[Any]:
+    """Where the values go on the x axis: a range spans the searched interval (log if the spec samples its
+    logarithm), so the plot shows where in the space the points fell; choices are categories in the spec's order."""
     if isinstance(param, Choice):
         labels = categories(param, values)
-        xs = [labels.index(v) for v in values]
         ax.set_xticks(range(len(labels)), [str(v) for v in labels])
         ax.set_xlim(-0.5, len(labels) - 0.5)
+        return [labels.index(v) for v in values]
+    if param.log:
+        ax.set_xscale("log")
+        pad = (param.high / param.low) ** 0.03  # 3% of the axis either side: points on a bound stay whole
+        ax.set_xlim(param.low / pad, param.high * pad)
     else:
-        xs = values
-        if param.log:
-            ax.set_xscale("log")
+        pad = (param.high - param.low) * 0.03
+        ax.set_xlim(param.low - pad, param.high + pad)
+    return values
+
+
+def parameter_figure(summary: dict, name: str, param: Choice | Range):
+    """The metric of each completed point against one parameter, mean ± std over seeds, the best starred, failed
+    points that have a value crossed; None without a completed point."""
+    done = [e for e in summary["points"] if e["status"] == "completed" and e.get("value") is not None]
+    if not done:
+        return None
+    failed = [e for e in summary["points"] if e["status"] == "failed" and mean_of_seeds(e) is not None]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=DPI)
+    xs = x_positions(ax, param, [e["params"][name] for e in done + failed])
     ys = [e["value"] for e in done]
-    ax.errorbar(xs, ys, yerr=[e.get("std") or 0.0 for e in done], fmt="o", capsize=3, color="tab:blue",
-                label="point (mean ± std over seeds)")
+    ax.errorbar(xs[:len(done)], ys, yerr=[e.get("std") or 0.0 for e in done], fmt="o", capsize=3,
+                color="tab:blue", label="completed (mean ± std over seeds)")
+    if failed:
+        ys += [mean_of_seeds(e) for e in failed]
+        ax.plot(xs[len(done):], ys[len(done):], marker="x", markersize=8, color="tab:red", linestyle="none",
+                label="failed (mean of the seeds with a value)")
     best = best_points(summary, 1)[0]
     ax.plot([xs[done.index(best)]], [best["value"]], marker="*", markersize=14, color="tab:green",
             linestyle="none", label=f"best ({best['point']})")
@@ -181,23 +200,30 @@ def write_sweep_plots(sweep_dir: Path, summary: dict, spec: SweepSpec) -> list[P
 
 
 # ----------------------------------------------------------------------------- the page
+def table_or(entries: list[dict], summary: dict, names: list[str], sweep_dir: Path, report_dir: Path,
+             empty: str) -> str:
+    return points_table(entries, summary, names, sweep_dir, report_dir) if entries else f"<p>{empty}</p>"
+
+
+def plots_section(sweep_dir: Path, summary: dict, spec: SweepSpec) -> str:
+    caption = "completed points and failed ones with a value; every failed and pruned point is listed below"
+    images = [image_tag(path, f"{path.relative_to(sweep_dir)}: {caption}")
+              for path in write_sweep_plots(sweep_dir, summary, spec)]
+    return section(f"{summary['metric']} vs each swept parameter", "\n".join(images) or "<p>No point completed yet.</p>")
+
+
 def sweep_sections(sweep_dir: Path, summary: dict, spec: SweepSpec, report_dir: Path) -> list[str]:
-    names = list(spec.space)
-    plots = write_sweep_plots(sweep_dir, summary, spec)
-    best, stopped = best_points(summary), stopped_points(summary)
-    everything = sorted(summary["points"], key=first_trial)
+    names, metric = list(spec.space), summary["metric"]
+    in_order = sorted(summary["points"], key=first_trial)
     return [
         overview_section(summary, spec),
-        section(f"Best points (top {BEST}, {summary['direction']} {summary['metric']})",
-                points_table(best, summary, names, sweep_dir, report_dir) if best else "<p>No point completed yet.</p>"),
-        section(f"{summary['metric']} vs each swept parameter",
-                "\n".join(image_tag(p, f"{p.relative_to(sweep_dir)}: completed points; failed and pruned ones are "
-                                       "listed below") for p in plots) or "<p>No point completed yet.</p>"),
-        section("Failed and pruned points", points_table(stopped, summary, names, sweep_dir, report_dir)
-                if stopped else "<p>None.</p>"),
-        section("All points, in the order they were tried",
-                points_table(everything, summary, names, sweep_dir, report_dir) if everything
-                else "<p>No point tried yet.</p>"),
+        section(f"Best points (top {BEST}, {summary['direction']} {metric})", table_or(
+            best_points(summary), summary, names, sweep_dir, report_dir, "No point completed yet.")),
+        plots_section(sweep_dir, summary, spec),
+        section("Failed and pruned points", table_or(
+            stopped_points(summary), summary, names, sweep_dir, report_dir, "None.")),
+        section("All points, in the order they were tried", table_or(
+            in_order, summary, names, sweep_dir, report_dir, "No point tried yet.")),
     ]
 
 
