@@ -103,6 +103,8 @@ def test_plots_and_the_report_are_written_through_io(tmp_path, written):  # noqa
     ('{"sweep": "s", "points": [', "sweep.json: not valid JSON (Expecting value"),
     ({"sweep": "s", "state": "starting"}, "sweep.json: no metric, direction, points yet (sweep state 'starting')"),
     (summary(points=[{"point": "p0", "params": {}}]), "sweep.json: points[0] has no status"),
+    (summary(points=[point(0, 0.5), dict(point(1, 0.2), value="0.2")]),
+     "sweep.json: points[1].value: '0.2' is not a number or null"),
     (summary(direction="up"), "sweep.json: direction 'up'; allowed: minimize, maximize"),
 ])
 def test_a_bad_or_partial_sweep_json_is_one_line(tmp_path, capsys, content, fragment):

@@ -28,7 +28,14 @@ from epochal.sweep.spec import Choice, Range, SweepSpec, parse_spec
 BEST = 5  # points in the best table: enough to tell a plateau from one lucky point
 SWEEP_FILES = ("sweep.json", "spec.toml")
 WHAT = "the sweep.json `epochal sweep` writes"
-POINT_KEYS = ("point", "params", "status")  # what every entry of sweep.json must have for a row
+NUMBER = ((int, float, type(None)), "a number or null")  # null: not reached, or not finite
+# The keys of a sweep.json point this report reads: their JSON types, and which must be there.
+POINT_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "point": ((str,), "a string"), "params": ((dict,), "an object"), "status": ((str,), "a string"),
+    "value": NUMBER, "std": NUMBER, "values": ((dict,), "an object"),
+    "failure_reason": ((str, type(None)), "a string or null"), "trials": ((list,), "a list"),
+    "runs": ((dict,), "an object")}
+REQUIRED = ("point", "params", "status")
 
 
 def is_sweep_folder(path: Path) -> bool:
@@ -50,9 +57,7 @@ def read_sweep(sweep_dir: Path) -> tuple[dict, SweepSpec]:
     if not isinstance(summary["points"], list):
         raise EpochalError(f"{path}: points is not a list; allowed: {WHAT}")
     for index, entry in enumerate(summary["points"]):
-        lacking = [key for key in POINT_KEYS if not isinstance(entry, dict) or key not in entry]
-        if lacking or not isinstance(entry["params"], dict):
-            raise EpochalError(f"{path}: points[{index}] has no {(lacking or ['params'])[0]}; allowed: {WHAT}")
+        check_point(entry, f"{path}: points[{index}]")
     if summary["direction"] not in ("minimize", "maximize"):
         raise EpochalError(f"{path}: direction {summary['direction']!r}; allowed: minimize, maximize")
     spec_path = sweep_dir / "spec.toml"
@@ -62,6 +67,17 @@ def read_sweep(sweep_dir: Path) -> tuple[dict, SweepSpec]:
         message = str(err)
         raise ConfigError(message if message.startswith(str(spec_path)) else f"{spec_path}: {message}") from None
     return summary, spec
+
+
+def check_point(entry: Any, where: str) -> None:
+    if not isinstance(entry, dict):
+        raise EpochalError(f"{where}: not a JSON object; allowed: {WHAT}")
+    for key in REQUIRED:
+        if key not in entry:
+            raise EpochalError(f"{where} has no {key}; allowed: {WHAT}")
+    for key, (types, described) in POINT_TYPES.items():
+        if key in entry and (not isinstance(entry[key], types) or isinstance(entry[key], bool)):
+            raise EpochalError(f"{where}.{key}: {entry[key]!r} is not {described}; allowed: {WHAT}")
 
 
 # ----------------------------------------------------------------------------- choosing
@@ -131,7 +147,7 @@ def categories(param: Choice, seen: list[Any]) -> list[Any]:
 
 def mean_of_seeds(entry: dict) -> float | None:
     """A failed point's mean over the seeds that gave a value (a gate not passed); None if none did."""
-    numbers = [v for v in (entry.get("values") or {}).values() if v is not None]
+    numbers = [v for v in entry.get("values", {}).values() if isinstance(v, (int, float))]
     return sum(numbers) / len(numbers) if numbers else None
 
 
