@@ -117,9 +117,10 @@ def test_a_bad_or_partial_sweep_json_is_one_line(tmp_path, capsys, content, frag
 def test_what_report_accepts_is_named_in_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nowhere")]) == 1
     assert "no such folder; allowed: a run folder made by `epochal run` or a sweep folder" in capsys.readouterr().err
+    (tmp_path / "spec.toml").write_text(SPEC)  # a folder of specs is not a sweep folder
     assert main(["report", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "nor a sweep folder (no sweep.json or spec.toml)" in err
+    assert err.count("\n") == 1 and "nor a sweep folder (no sweep.json)" in err
     folder = sweep_folder(tmp_path, summary())
     (folder / "spec.toml").unlink()
     assert main(["report", str(folder)]) == 2

@@ -213,5 +213,5 @@ def report(path: str | Path, loss_scale: str = "auto", out: str | Path | None = 
         return sweep_report(path, out)
     if not any((path / name).exists() for name in ("config.toml", "result.json")):
         raise EpochalError(f"{path}: not a run folder (no config.toml or result.json) nor a sweep folder "
-                           f"(no sweep.json or spec.toml); {ALLOWED}")
+                           f"(no sweep.json); {ALLOWED}")
     return run_report(path, loss_scale, out)

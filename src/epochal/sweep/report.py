@@ -26,7 +26,6 @@ from epochal.report import Markup, html_table, image_tag, page, section, status_
 from epochal.sweep.spec import Choice, Range, SweepSpec, parse_spec
 
 BEST = 5  # points in the best table: enough to tell a plateau from one lucky point
-SWEEP_FILES = ("sweep.json", "spec.toml")
 WHAT = "the sweep.json `epochal sweep` writes"
 NUMBER = ((int, float, type(None)), "a number or null")  # null: not reached, or not finite
 # The keys of a sweep.json point this report reads: their JSON types, and which must be there.
@@ -39,7 +38,8 @@ REQUIRED = ("point", "params", "status")
 
 
 def is_sweep_folder(path: Path) -> bool:
-    return any((path / name).exists() for name in SWEEP_FILES)
+    """sweep.json makes a sweep folder (spec.toml alone may be a folder of specs)."""
+    return (path / "sweep.json").exists()
 
 
 # ----------------------------------------------------------------------------- reading
