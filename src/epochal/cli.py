@@ -84,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="summarise a run folder")
     show.add_argument("run_dir")
 
-    report = sub.add_parser("report", help="write report.html (and the plots) of a run folder")
-    report.add_argument("path", help="a run folder")
+    report = sub.add_parser("report", help="write report.html (and the plots) of a run folder or a sweep folder")
+    report.add_argument("path", help="a run folder or a sweep folder")
     report.add_argument("--loss-scale", choices=["auto", "linear", "log"], default="auto",
-                        help="y axis of the loss plot (auto: log when the loss spans 10x)")
+                        help="y axis of a run's loss plot (auto: log when the loss spans 10x)")
     report.add_argument("--out", help="where to write the report (default: PATH/report.html)")
 
     sub.add_parser("tasks", help="list the built-in tasks and their recipes")

@@ -197,19 +197,21 @@ def write_plots(run_dir: str | Path, task=None, loss_scale: str = "auto") -> lis
         task = _task_or_none(data.config["task"]["name"])
     if task is not None and data.result:
         figures.update(task.figures(data.dir, data.result))
-    folder = data.dir / PLOTS
     written = []
-    plt = pyplot()
     for stem, fig in figures.items():
-        if fig is None:
-            continue
-        folder.mkdir(exist_ok=True)
-        png = io.BytesIO()
-        fig.savefig(png, format="png")
-        plt.close(fig)
-        atomic_write_bytes(folder / f"{stem}.png", png.getvalue())  # the one write path, like every run file
-        written.append(folder / f"{stem}.png")
+        if fig is not None:
+            written.append(save_png(fig, data.dir / PLOTS / f"{stem}.png"))
     return written
+
+
+def save_png(fig, path: Path) -> Path:
+    """Write the figure as a PNG through io (the one write path, like every run file) and close it."""
+    path.parent.mkdir(exist_ok=True)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    pyplot().close(fig)
+    atomic_write_bytes(path, png.getvalue())
+    return path
 
 
 def _task_or_none(name: str):

@@ -6,9 +6,10 @@ the metrics (last evaluation, best, gate, test metrics of the last and best weig
 the plots (plots.py, redrawn from the folder), a provenance summary (env.json) and the
 resolved config.
 
-The pieces are separate so a sweep report can reuse them: ``page`` (the HTML shell),
-``html_table``, ``image_tag``, ``status_badge``, ``run_summary`` (one run as a table row)
-and ``run_sections`` (a run's report body).
+The pieces are separate so the sweep report (sweep/report.py) reuses them: ``page`` (the
+HTML shell), ``html_table`` (``Markup`` cells pass through unescaped), ``image_tag``,
+``status_badge``, ``run_summary`` (one run as a table row) and ``run_sections`` (a run's
+report body). ``report`` dispatches: a run folder or a sweep folder.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ pre { background: #f7f7f7; padding: .8rem; overflow-x: auto; font-size: .8rem; }
 figure { margin: 1rem 0; } figcaption { font-size: .85rem; color: #555; } img { max-width: 100%; }
 .badge { display: inline-block; padding: .1rem .5rem; border-radius: .3rem; color: white; font-weight: 600; }
 .completed { background: #2a7d2a; } .failed { background: #b22; } .preempted { background: #c80; }
-.running, .unknown { background: #777; } .muted { color: #666; font-size: .85rem; }
+.pruned { background: #a60; } .running, .unknown, .waiting, .interrupted { background: #777; }
+.muted { color: #666; font-size: .85rem; }
 """
 
 
@@ -52,8 +54,14 @@ def section(heading: str, body: str) -> str:
     return f"<h2>{html.escape(heading)}</h2>\n{body}"
 
 
+class Markup(str):
+    """HTML a table cell shows as it is (a badge, a link); every other string is escaped."""
+
+
 def cell(value: Any) -> str:
     """A table cell: numbers right-aligned to 4 significant digits, None as a dash, the rest escaped."""
+    if isinstance(value, Markup):
+        return f"<td>{value}</td>"
     if isinstance(value, bool) or value is None:
         return f"<td>{'–' if value is None else ('yes' if value else 'no')}</td>"
     if isinstance(value, (int, float)):
@@ -190,9 +198,20 @@ def run_report(run_dir: str | Path, loss_scale: str = "auto", out: str | Path | 
     return target
 
 
+ALLOWED = "allowed: a run folder made by `epochal run` or a sweep folder made by `epochal sweep`"
+
+
 def report(path: str | Path, loss_scale: str = "auto", out: str | Path | None = None) -> Path:
-    """The report of whatever ``path`` is: a run folder (sweeps plug in here)."""
+    """The report of whatever ``path`` is: a run folder or a sweep folder (``loss_scale`` is for runs)."""
     path = Path(path)
     if not path.is_dir():
-        raise EpochalError(f"{path}: no such folder; allowed: a run folder made by `epochal run`")
+        raise EpochalError(f"{path}: no such folder; {ALLOWED}")
+    # Imported here: the sweep report is built from this module's pieces.
+    from epochal.sweep.report import is_sweep_folder, sweep_report
+
+    if is_sweep_folder(path):
+        return sweep_report(path, out)
+    if not any((path / name).exists() for name in ("config.toml", "result.json")):
+        raise EpochalError(f"{path}: not a run folder (no config.toml or result.json) nor a sweep folder "
+                           f"(no sweep.json); {ALLOWED}")
     return run_report(path, loss_scale, out)

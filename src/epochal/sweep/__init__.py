@@ -8,6 +8,7 @@ The sweep folder (``<out>/<sweep id>/``) holds:
   optuna.journal  the study, unless --storage names a database
   runs/           one ordinary run folder per (point, seed): <point key>-seed<seed>
   logs/           what each worker's runs printed
+  report.html     and plots/: written by `epochal report SWEEP_DIR` (report.py)
 
 The coordinator here checks the spec, creates or loads the study, retries trials whose
 worker died, and runs the workers (worker.py): in this process for one worker, else as
