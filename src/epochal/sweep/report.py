@@ -22,7 +22,7 @@ from epochal.errors import ConfigError, EpochalError
 from epochal.io import atomic_write_text
 from epochal.plots import DPI, PLOTS, pyplot, save_png, use_log_scale
 from epochal.records import read_json
-from epochal.report import Markup, html_table, image_tag, page, section, status_badge
+from epochal.html_parts import Markup, html_table, image_tag, page, section, status_badge
 from epochal.sweep.spec import Choice, Range, SweepSpec, parse_spec
 
 BEST = 5  # points in the best table: enough to tell a plateau from one lucky point
