@@ -1,5 +1,9 @@
+from pathlib import Path
+
 import pytest
 import torch
+
+from epochal import io
 
 # The test models are tiny: one thread is as fast and immune to oversubscription.
 torch.set_num_threads(1)
@@ -21,3 +25,17 @@ def run_toy(tmp_path):
         return fit(task, overrides=settings, out_dir=tmp_path, experiment_id=experiment_id, log=quiet, **overrides)
 
     return run
+
+
+@pytest.fixture
+def written(monkeypatch):
+    """The target path of every write that goes through epochal.io (tests of the one write path), in order."""
+    paths: list[Path] = []
+    real = io._write
+
+    def recording(path, f, data):
+        paths.append(Path(path))
+        real(path, f, data)
+
+    monkeypatch.setattr(io, "_write", recording)
+    return paths

@@ -13,20 +13,6 @@ from epochal import io
 from epochal.io import WriteError, atomic_write_bytes, atomic_write_text, rewrite_in_place
 
 
-@pytest.fixture
-def written(monkeypatch):
-    """The target path of every write that goes through epochal.io, in order."""
-    paths: list[Path] = []
-    real = io._write
-
-    def recording(path, f, data):
-        paths.append(Path(path))
-        real(path, f, data)
-
-    monkeypatch.setattr(io, "_write", recording)
-    return paths
-
-
 def no_space(monkeypatch, name: str):
     """Make every write to a file called ``name`` fail as on a full disk."""
     real = io._write

@@ -12,7 +12,6 @@ from epochal.errors import ConfigError
 from epochal.sweep.report import (best_points, parameter_figure, point_row, read_sweep, stopped_points,
                                   sweep_report)
 from epochal.sweep.spec import parse_spec
-from test_io import written  # noqa: F401 - the fixture that records every write through epochal.io
 from test_report import CHECK, open_in_chromium, png_size
 
 SPEC = """
@@ -91,7 +90,7 @@ def test_each_parameter_gets_the_axis_its_spec_samples_on():
     assert len(crossed) == 1 and crossed[0].get_xydata().tolist() == [[2e-4, 0.7]]
 
 
-def test_plots_and_the_report_are_written_through_io(tmp_path, written):  # noqa: F811
+def test_plots_and_the_report_are_written_through_io(tmp_path, written):
     folder = sweep_folder(tmp_path, summary())
     target = sweep_report(folder)
     plots = {folder / "plots" / f"eval_mse-vs-{name}.png" for name in ("optim.lr", "train.batch_size", "task.hidden")}
