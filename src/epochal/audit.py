@@ -10,7 +10,6 @@ other file of the run folders except timestamps; the first aspect to differ is n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -20,20 +19,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
+from epochal.checkpoint import tensors_sha256
 from epochal.faults import KILL_ENV
 from epochal.loggers.perf import PERF_KEYS
 from epochal.resolve import resolve_config
 
 def weights_hash(run_dir: Path) -> str:
-    tensors = load_file(str(run_dir / "checkpoints" / "model.safetensors"))
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """The run's exported weights (model.safetensors) as one hash."""
+    return tensors_sha256(load_file(str(run_dir / "checkpoints" / "model.safetensors")))
 
 
 def first_difference(a: list, b: list) -> str | None:

@@ -55,10 +55,3 @@ def squared_errors(model: nn.Module, x0: torch.Tensor, x1: torch.Tensor, t: torc
     """Per-element squared error of the predicted velocity at (x_t, t); x0 already paired with x1."""
     velocity = model(interpolate(x0, x1, t), t[:, 0])
     return (velocity - target_velocity(x0, x1)).square()
-
-
-def flow_matching_loss(model: nn.Module, x1: torch.Tensor, flow: str) -> torch.Tensor:
-    """Mean squared velocity error of a batch, with t and x0 from the global RNG on x1's device."""
-    x0 = pair_noise(torch.randn_like(x1), x1, flow)
-    t = torch.rand_like(x1[:, :1])
-    return squared_errors(model, x0, x1, t).mean()
