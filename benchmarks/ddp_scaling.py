@@ -83,10 +83,15 @@ class Count(epochal.Callback):
                 setattr(dist, name, self._counted(name, getattr(dist, name)))
             from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-            def hook(state, bucket):
-                if self.counting:
-                    self.calls["ddp gradient all_reduce (buckets)"] += 1
-                return allreduce_hook(state, bucket)
+            def hook(state, bucket):  # DDP's own all-reduce of one gradient bucket, counted once here
+                if not self.counting:
+                    return allreduce_hook(state, bucket)
+                self.calls["ddp gradient all_reduce (buckets)"] += 1
+                self.counting = False  # the hook's all_reduce call is this same collective
+                try:
+                    return allreduce_hook(state, bucket)
+                finally:
+                    self.counting = True
 
             run.step.model.register_comm_hook(None, hook)
         self.counting = True
