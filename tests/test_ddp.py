@@ -5,6 +5,7 @@ Each torchrun launch costs seconds, so one launch trains several runs (tests/ddp
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,6 +166,14 @@ def test_sigkill_and_sigterm_to_torchrun_then_resume_is_exact(straight, tmp_path
     assert agent.returncode == 1, output  # torchrun's answer to a SIGTERM, whatever the workers did
     assert "preempted: preempted by SIGTERM" in output
     assert len(preempt_checkpoints(preempted)) == 1
+
+    # One process resumes a copy of a two-process checkpoint: the same global batches go on, and it says so.
+    shutil.copytree(killed, tmp_path / "alone" / "killed")
+    said = []
+    alone = epochal.run("toy", overrides=SETTINGS, out_dir=tmp_path / "alone", experiment_id="killed", resume="must",
+                        log=said.append)
+    assert alone.status == "completed" and any("written by 2 process(es), this run has 1" in line for line in said)
+    assert curves(alone.run_dir)["train_loss"][:8] == curves(straight / "a")["train_loss"][:8]
 
     runs = [{"id": name, "out": str(tmp_path), "settings": SETTINGS, "resume": "must"} for name in ("killed", "preempted")]
     code, output = launch.run(runs_script(tmp_path, runs))
