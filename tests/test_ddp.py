@@ -218,3 +218,14 @@ def test_batches_that_do_not_split_over_the_ranks_are_refused():
         make_batches({"x": torch.arange(19)}, torch.device("cpu"), 8, 0, False, world=World(0, 2))
     with pytest.raises(ConfigError, match="iterable dataset cannot be split"):
         make_batches(Stream(), torch.device("cpu"), 8, 0, False, world=World(0, 2))
+
+
+@pytest.mark.slow
+def test_a_batch_that_does_not_split_is_refused_in_one_line_by_rank_0(tmp_path, launch):
+    command = torchrun("-m", "epochal", "run", "toy", "--out", str(tmp_path), "--id", "odd", "--batch-size", "33")
+    code, output = launch.run(command)
+    assert code != 0
+    assert output.count("epochal: error: train.batch_size: 33 is the global batch and must split evenly over "
+                        "2 processes; allowed: a multiple of 2") == 1, output
+    assert "rank 1" not in output.split("ChildFailedError")[0]  # rank 1 leaves the line to rank 0
+    assert not (tmp_path / "odd").exists()
