@@ -10,7 +10,6 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import epochal
@@ -19,15 +18,23 @@ import epochal
 def quiet(_message: str) -> None: ...
 
 
+def squared_error(model, batch):
+    """A (sum, count) loss over the positive targets only, so each rank counts differently: under torchrun
+    the gradient is divided by the count over all ranks."""
+    error = (model(batch[0]) - batch[1]) ** 2
+    counted = batch[1] > 0
+    return error[counted].sum(), counted.sum()
+
+
 def loader_run(out: str, run_id: str) -> epochal.Result:
-    """A user's model and DataLoader (global batch 16) through epochal.fit."""
+    """A user's model and DataLoader (global batch 16) through epochal.fit, with a (sum, count) loss."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(96, 8, generator=generator)
     y = x @ torch.randn(8, 2, generator=generator)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
-    return epochal.fit(model, loader, lambda m, batch: F.mse_loss(m(batch[0]), batch[1]), out_dir=out,
+    return epochal.fit(model, loader, squared_error, out_dir=out,
                        experiment_id=run_id, resume="never", log=quiet,
                        config={"train": {"max_epochs": 2, "log_every": 4, "progress": False}, "log": {"plots": False}})
 

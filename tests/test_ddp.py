@@ -119,10 +119,12 @@ def preempt_checkpoints(run_dir):
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    """Uninterrupted world-size-2 runs: two of SETTINGS, one without dropout, one of a user's DataLoader."""
+    """Uninterrupted world-size-2 runs: two of SETTINGS; without dropout, also with accumulation (no_sync);
+    a user's DataLoader."""
     out = tmp_path_factory.mktemp("ddp")
     runs = [{"id": "a", "out": str(out), "settings": SETTINGS}, {"id": "b", "out": str(out), "settings": SETTINGS},
             {"id": "plain", "out": str(out), "settings": {**SETTINGS, "task.dropout": 0.0}},
+            {"id": "accum", "out": str(out), "settings": {**SETTINGS, "task.dropout": 0.0, "train.grad_accum": 2}},
             {"id": "loader", "out": str(out), "loader": True}]
     launcher = Launch()
     try:
@@ -140,8 +142,11 @@ def test_two_processes_match_one_and_repeat_bit_identically(straight, tmp_path):
     assert_same_run(straight / "a", straight / "b")
     alone = epochal.run("toy", overrides={**SETTINGS, "task.dropout": 0.0}, out_dir=tmp_path, experiment_id="one",
                         log=lambda _: None)
-    user = loader_run(str(tmp_path), "loader")
-    for two, one in ((straight / "plain", alone.run_dir), (straight / "loader", user.run_dir)):
+    accum = epochal.run("toy", overrides={**SETTINGS, "task.dropout": 0.0, "train.grad_accum": 2}, out_dir=tmp_path,
+                        experiment_id="accum", log=lambda _: None)
+    user = loader_run(str(tmp_path), "loader")  # a DataLoader split over the ranks, a (sum, count) loss
+    pairs = ((straight / "plain", alone.run_dir), (straight / "accum", accum.run_dir), (straight / "loader", user.run_dir))
+    for two, one in pairs:
         two_losses, one_losses = curves(two)["train_loss"], curves(one)["train_loss"]
         assert len(two_losses) == len(one_losses) >= 12
         assert two_losses != curves(straight / "a")["train_loss"]  # not the dropout run's
