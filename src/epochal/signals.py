@@ -6,7 +6,9 @@ A second SIGINT aborts at once (the CLI exits 130); checkpoints already written 
 
 Under torchrun a signal may reach one rank only (or the ranks at different steps), so a
 rank only notes it as ``pending``; it counts (``received``) once the ranks have agreed on
-it at a log interval (``agree``), and then every rank stops at the same step.
+it at a log interval (``agree``), and then every rank stops at the same step. A second
+SIGINT does not abort there: a Ctrl-C reaches a worker twice (from the terminal, then
+forwarded by torchrun), and torchrun kills its workers 30 s after it forwards a signal.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class PreemptionSignals:
         return signal.Signals(self.received).name if self.received is not None else ""
 
     def _handle(self, signum, frame) -> None:
-        if self.pending is not None and signum == signal.SIGINT:
+        if self.pending is not None and signum == signal.SIGINT and not self.agreed:
             raise KeyboardInterrupt
         if self.pending is None:
             self.pending = signum
