@@ -234,3 +234,15 @@ def test_a_batch_that_does_not_split_is_refused_in_one_line_by_rank_0(tmp_path, 
                         "2 processes; allowed: a multiple of 2") == 1, output
     assert "rank 1" not in output.split("ChildFailedError")[0]  # rank 1 leaves the line to rank 0
     assert not (tmp_path / "odd").exists()
+
+
+@pytest.mark.slow
+def test_a_run_folder_another_rank_cannot_see_is_refused_in_one_line(tmp_path, launch):
+    # Rank 1 looks for the folder under another --out, as a node without the shared filesystem would.
+    shell = (f'out={tmp_path}/shared; [ "$RANK" = 1 ] && out={tmp_path}/elsewhere; '
+             f'exec {sys.executable} -m epochal run toy --out "$out" --id r')
+    code, output = launch.run(torchrun("--no-python", "bash", "-c", shell))
+    assert code != 0
+    assert output.count(f"epochal: error: out_dir: {tmp_path}/shared/r made by rank 0 on ") == 1, output
+    assert "is not visible to rank 1 on " in output
+    assert not (tmp_path / "shared" / "r").exists()

@@ -123,7 +123,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
             lambda: _claim(folder, config, resume, overwrite, created) if world.main else None))
         run_ = None
         try:
-            world.check_shared(folder.path)
+            _check_shared(world, folder, created)
             if hasattr(task_obj, "own_loop"):
                 result = task_obj.own_loop(config, folder, log)
                 folder.write_json("result.json", result)
@@ -148,6 +148,16 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
             raise
         finally:
             folder.release()
+
+
+def _check_shared(world: World, folder: RunFolder, created: Path | None) -> None:
+    """Under torchrun, refuse a run folder some rank cannot see; the start removes what it made for it."""
+    try:
+        world.check_shared(folder.path)
+    except EpochalError:
+        if world.main:
+            folder.remove_created(created, everything=True)
+        raise
 
 
 def _silent(_message: str) -> None:

@@ -172,8 +172,9 @@ class World:
             marker.unlink(missing_ok=True)
         blind = [f"rank {rank} on {host}" for rank, (ok, host) in enumerate(views) if not ok]
         if blind:
-            raise ConfigError(f"out_dir: {folder} made by rank 0 on {views[0][1]} is not visible to "
-                              f"{', '.join(blind)}; allowed: a folder on a filesystem every node shares")
+            message = (f"out_dir: {folder} made by rank 0 on {views[0][1]} is not visible to {', '.join(blind)}; "
+                       "allowed: a folder on a filesystem every node shares")
+            raise ConfigError(message) if self.main else RankFailed(message, quiet=True)
 
     def describe(self, device: torch.device) -> dict:
         """For env.json: the world size, backend and every rank's host and device (a collective)."""
