@@ -72,7 +72,11 @@ class World:
             device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=self.rank, world_size=self.size)
+            # torchrun's store outlives a restart of the group: keys of the attempt before would mislead this one.
+            store, _, _ = next(dist.rendezvous("env://", self.rank, self.size))
+            store = dist.PrefixStore(f"epochal/attempt-{self.restarts}", store)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=self.rank,
+                                    world_size=self.size)
             atexit.register(dist.destroy_process_group)
         self.backend = dist.get_backend()
         return device
