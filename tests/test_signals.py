@@ -48,3 +48,23 @@ def test_a_signal_before_any_run_folder_is_one_line_and_writes_nothing(tmp_path)
     assert "Traceback" not in err
     if proc.returncode != -signal.SIGTERM:  # the CLI's handler was installed in time (the usual case)
         assert proc.returncode == 128 + signal.SIGTERM and err.count("\n") == 1 and "interrupted by SIGTERM" in err
+
+
+def test_under_torchrun_a_signal_counts_once_the_ranks_agree_and_a_second_sigint_does_not_abort():
+    from epochal.signals import PreemptionSignals
+
+    signals = PreemptionSignals(agreed=True)
+    assert signals.flags() == [0.0, 0.0, 0.0]
+    signals._handle(signal.SIGINT, None)
+    signals._handle(signal.SIGINT, None)  # torchrun forwards the terminal's Ctrl-C once more: no abort
+    assert signals.received is None and signals.flags() == [0.0, 1.0, 0.0]
+    signals.agree([0.0, 1.0, 1.0])  # this rank's SIGINT, another rank's SIGUSR1
+    assert signals.name == "SIGINT"
+    other = PreemptionSignals(agreed=True)
+    other.agree([0.0, 1.0, 1.0])  # a rank that got nothing stops as well
+    assert other.name == "SIGINT"
+    alone = PreemptionSignals()
+    alone._handle(signal.SIGTERM, None)
+    assert alone.name == "SIGTERM"
+    with pytest.raises(KeyboardInterrupt):
+        alone._handle(signal.SIGINT, None)

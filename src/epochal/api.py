@@ -17,6 +17,7 @@ from epochal import provenance
 from epochal.callbacks.base import Callback
 from epochal.checkpoint import tensors_sha256
 from epochal.config import RunConfig, flat
+from epochal.distributed import World
 from epochal.errors import CheckpointError, ConfigError, EpochalError
 from epochal.faults import kill_hooks
 from epochal.loop import fit
@@ -85,8 +86,16 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
     "auto" (continue the run folder if it has a checkpoint, else start), "must"
     (continue; error if there is nothing to continue). ``force`` accepts a config
     that differs from the checkpoint's.
+
+    Under torchrun every process calls this; they train one run with DistributedDataParallel,
+    rank 0 writes its folder, and a group torchrun restarted (--max-restarts) resumes it.
     """
     task_obj, config = resolve_config(task, config, overrides)
+    world = World.from_env()
+    if world.restarts:  # torchrun restarted the group after a failure: continue from the last checkpoint
+        resume, overwrite = "auto", False
+    if not world.main:
+        log = _silent  # rank 0 speaks for the run
     if out_dir is not None:
         config.out_dir = str(out_dir)
     if experiment_id is not None:
@@ -100,33 +109,59 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
             taken, config.experiment_id = config.experiment_id, default_run_id(task_obj.name)
             log(f"run folder {taken!r} exists; this run is {config.experiment_id!r}")
     check_run_names(config.experiment_id, config.group)
-    folder = RunFolder(config.run_dir)
-    with PreemptionSignals() as signals:
+    device = pick_device(config.train.device)
+    if world.size > 1 and hasattr(task_obj, "own_loop"):
+        raise ConfigError(f"task {task_obj.name!r} trains with its own loop; allowed under torchrun: one process")
+    device = world.join(device)
+    with PreemptionSignals(agreed=world.size > 1) as signals:
+        config.experiment_id = world.broadcast(config.experiment_id)  # rank 0's, drawn or renamed above
+        folder = RunFolder(config.run_dir, writes=world.main)
         if signals.received is not None:
             raise EpochalError(f"interrupted by {signals.name} before the run folder was made; nothing was written")
         created = _first_missing(folder.path)
-        existing = _claim(folder, config, resume, overwrite, created)
+        existing = world.broadcast(world.together(
+            lambda: _claim(folder, config, resume, overwrite, created) if world.main else None))
         run_ = None
         try:
+            _check_shared(world, folder, created)
             if hasattr(task_obj, "own_loop"):
                 result = task_obj.own_loop(config, folder, log)
                 folder.write_json("result.json", result)
                 return _finished(folder, result, log)
-            run_ = _prepare(task_obj, config, folder, [*callbacks, *kill_hooks()], signals, created, log)
-            resuming = existing and _resume(run_, force, log)
+            run_ = world.together(lambda: _prepare(task_obj, config, folder, [*callbacks, *kill_hooks()], signals,
+                                                   created, log, device, world))
+            resuming = existing and world.together(lambda: _resume(run_, force, log))
+            ranks = {"distributed": world.describe(run_.device)} if world.size > 1 else {}
             if not resuming:
-                folder.write_json("env.json", {**provenance.collect(run_.device, config.train.seed), **run_.origin})
+                folder.write_json("env.json", {**provenance.collect(run_.device, config.train.seed), **run_.origin,
+                                               **ranks})
             if run_.state.status in ("completed", "failed"):
                 log(f"{folder.path}: already {run_.state.status} ({run_.state.stop_reason}); nothing to do")
                 return _finished(folder, folder.read_result() or run_.result(), log)
             if run_.state.status == "preempted":
                 run_.state.status, run_.state.stop_reason = "running", ""
-            return _finished(folder, fit(run_), log)
+            result = fit(run_)
+            world.barrier()  # no rank leaves while rank 0 still writes: torchrun would stop it
+            return _finished(folder, result, log)
         except BaseException:
             _settle_writes(run_)
             raise
         finally:
             folder.release()
+
+
+def _check_shared(world: World, folder: RunFolder, created: Path | None) -> None:
+    """Under torchrun, refuse a run folder some rank cannot see; the start removes what it made for it."""
+    try:
+        world.check_shared(folder.path)
+    except EpochalError:
+        if world.main:
+            folder.remove_created(created, everything=True)
+        raise
+
+
+def _silent(_message: str) -> None:
+    """The log of torchrun's ranks other than 0."""
 
 
 def _settle_writes(run: Run | None) -> None:
@@ -176,11 +211,13 @@ def _first_missing(path: Path) -> Path | None:
 
 
 def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[Callback],
-             signals: PreemptionSignals, created: Path | None, log: Callable[[str], None]) -> Run:
+             signals: PreemptionSignals, created: Path | None, log: Callable[[str], None], device: torch.device,
+             world: World) -> Run:
     """Seed, build the task and the run; a config error removes a folder made for it."""
     try:
-        device = pick_device(config.train.device)
         log(provenance.banner(device))
+        if world.size > 1:
+            log(f"torchrun: {world.size} processes, {world.backend}; rank 0 writes {folder.path}")
         warnings = provenance.startup_warnings(device, config.train.expected_gpus,
                                                config.train.expected_cuda_visible_devices)
         for warning in warnings:
@@ -189,12 +226,15 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
         context = RunContext(folder.path, device, config.train.seed, config)
         built = task.build(config.task, context)
         init = warm_start(built.model, config.init, log)
-        run = Run(task, config, folder, built, context, callbacks, signals, log)
+        run = Run(task, config, folder, built, context, callbacks, signals, log, world)
+        if world.rank:  # each rank draws its own random numbers (dropout); rank 0 as a single process would
+            seed_everything(config.train.seed + 1_000_003 * world.rank, config.train.deterministic)
         run.origin = {"initial_weights_sha256": tensors_sha256(run.model.state_dict()), "init": init,
                       "data": run.batches.describe(), "startup_warnings": warnings}
         return run
     except ConfigError:
-        folder.remove_created(created, everything=True)
+        if world.main:
+            folder.remove_created(created, everything=True)
         folder.release()
         raise
 
@@ -224,6 +264,10 @@ def _resume(run: Run, force: bool, log: Callable[[str], None]) -> bool:
         for note in notes:
             log(note.removeprefix("# "))
     log(f"resuming from {entry['file']} (epoch {run.state.epoch}, step {run.state.step})")
+    saved_world = payload.get("world_size", 1)
+    if saved_world != run.world.size:
+        log(f"the checkpoint was written by {saved_world} process(es), this run has {run.world.size}: the data "
+            f"continues at the same global batch, but random draws (dropout) differ from an uninterrupted run")
     if not run.batches.exact_resume and run.state.batch_in_epoch:
         log(f"the data has no known order: epoch {run.state.epoch + 1} resumes by skipping the "
             f"{run.state.batch_in_epoch} batches already trained on (exact when every pass yields the same batches)")

@@ -214,10 +214,13 @@ class CheckpointStore:
     ever deletes files the manifest lists.
     """
 
-    def __init__(self, folder: Path, keep_last: int, warn: Callable[[str], None] = warnings.warn):
+    def __init__(self, folder: Path, keep_last: int, warn: Callable[[str], None] = warnings.warn,
+                 writes: bool = True):
         self.folder, self.keep_last = Path(folder), keep_last
-        self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        if not writes:  # a rank other than 0 under torchrun: it reads what rank 0 writes, and nothing more
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
         for stale in self.folder.glob(f".*{TEMP_MARK}*"):
             stale.unlink(missing_ok=True)
         self._repair(warn)

@@ -11,6 +11,7 @@ Each command imports what it needs when it runs: ``--help``, ``--version``,
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -309,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except EpochalError as err:
-        print(f"epochal: error: {err}", file=sys.stderr)
+        if not getattr(err, "quiet", False):  # a quiet error is one rank 0 of torchrun's processes reports
+            print(f"epochal: error: {_rank()}{err}", file=sys.stderr)
         return err.exit_code
     except OSError as err:  # a file operation no layer above named: still one line, not a traceback
         where = f"{err.filename}: " if err.filename else ""
@@ -321,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _rank() -> str:
+    """"rank K: " in the errors of torchrun's processes other than rank 0."""
+    rank = os.environ.get("RANK", "0")
+    return f"rank {rank}: " if int(os.environ.get("WORLD_SIZE", 1)) > 1 and rank != "0" else ""
 
 
 def _main_thread() -> bool:

@@ -28,7 +28,7 @@ from epochal.errors import ConfigError
 class TrainConfig:
     max_epochs: int = 10  # upper bound: a gate or early stopping may end the run sooner
     max_steps: int | None = None  # optimizer-step budget; the first budget reached ends training (required for iterable data)
-    batch_size: int = 64  # examples per optimizer step, whatever grad_accum is (a user's DataLoader sets its own)
+    batch_size: int = 64  # examples per optimizer step, whatever grad_accum is; the GLOBAL batch under torchrun, split evenly over the processes (a user's DataLoader sets its own)
     grad_accum: int = 1  # micro-batches per optimizer step: the same update with less memory
     drop_last: bool = False  # drop an epoch's last incomplete batch (keeps every step the same size)
     grad_clip: float = 1.0  # global-norm clipping threshold; 0 turns clipping off (the norm is still logged)

@@ -17,6 +17,11 @@ straight to it. What a run can be given (``make_batches``):
   length is unknown, so a step budget (``train.max_steps``) is required; a resume
   inside an epoch skips the batches already trained on (exact when the data yields
   the same batches on every pass).
+
+Under torchrun every batch above is a global batch: rank r of R trains on its r-th
+R-th of each one, so the global batches and their order are the same at any world
+size. Each batch must split evenly over the ranks; iterable data cannot be sharded
+here and is refused.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler, TensorDataset
 
 from epochal.checkpoint import tensors_sha256
+from epochal.distributed import ALONE, World, check_global_batch
 from epochal.errors import ConfigError
 from epochal.tree import leaves, to_device, tree_map
 
@@ -94,13 +100,19 @@ class Batches:
 class _Ordered(Batches):
     """n examples in (seed, epoch) order, cut into batches."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool):
+    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool, world: World = ALONE):
         if n == 0:
             raise ConfigError("train_data: the training data holds no examples; allowed: at least one batch")
         self.n, self.batch_size, self.seed, self.drop_last = n, batch_size, seed, drop_last
+        self.rank, self.ranks = world.rank, world.size
         if len(self) == 0:
             raise ConfigError(f"train.drop_last: {n} training examples are fewer than one batch of {batch_size}; "
                               "allowed: a smaller train.batch_size or drop_last = false")
+        last = n - (len(self) - 1) * batch_size
+        if last % self.ranks:
+            raise ConfigError(f"train.drop_last: the last batch of {last} examples does not split evenly over "
+                              f"{self.ranks} processes; allowed: drop_last = true, or a dataset size whose last "
+                              f"batch is a multiple of {self.ranks}")
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
@@ -114,19 +126,21 @@ class _Ordered(Batches):
         if device is not None:
             order = order.to(device)  # one transfer an epoch, then slices of it
         for k in range(start, len(self)):
-            yield order[k * self.batch_size : (k + 1) * self.batch_size]
+            batch = order[k * self.batch_size : (k + 1) * self.batch_size]
+            yield batch if self.ranks == 1 else shard(batch, self.rank, self.ranks)
 
 
 class DeviceBatches(_Ordered):
     """Equal-length tensors on the device, batched by indexing with the epoch's permutation."""
 
-    def __init__(self, tensors: Any, device: torch.device, batch_size: int, seed: int, drop_last: bool):
+    def __init__(self, tensors: Any, device: torch.device, batch_size: int, seed: int, drop_last: bool,
+                 world: World = ALONE):
         lengths = [len(t) if t.ndim else None for t in leaves(tensors)]
         if not lengths or None in lengths or len(set(lengths)) != 1:
             raise ConfigError(f"train_data: tensors must share their first (example) dimension, got lengths {lengths}")
         self.tensors = to_device(tensors, device)
         self.device = device
-        super().__init__(lengths[0], batch_size, seed, drop_last)
+        super().__init__(lengths[0], batch_size, seed, drop_last, world)
 
     def _epoch(self, epoch: int, start: int) -> Iterator[Any]:
         for index in self._index_batches(epoch, start, self.device):
@@ -166,9 +180,9 @@ class LoaderBatches(_Ordered):
     """A map-style Dataset read through a DataLoader, in the same (seed, epoch) order."""
 
     def __init__(self, dataset: Dataset, device: torch.device, batch_size: int, seed: int, drop_last: bool,
-                 workers: int = 0):
+                 workers: int = 0, world: World = ALONE):
         self.dataset, self.device, self.workers = dataset, device, workers
-        super().__init__(len(dataset), batch_size, seed, drop_last)
+        super().__init__(len(dataset), batch_size, seed, drop_last, world)
 
     def _epoch(self, epoch: int, start: int) -> Iterator[Any]:
         batches = [index.tolist() for index in self._index_batches(epoch, start)]
@@ -185,12 +199,16 @@ class LoaderBatches(_Ordered):
 class UserLoaderBatches(Batches):
     """The user's map-style DataLoader: its sampler, batch size, collate and workers, in a resumable order."""
 
-    def __init__(self, loader: DataLoader, device: torch.device, seed: int):
+    def __init__(self, loader: DataLoader, device: torch.device, seed: int, world: World = ALONE):
         if loader.batch_sampler is None:
             raise ConfigError("train_data: a DataLoader with batch_size=None yields single examples; allowed: a "
                               "DataLoader with a batch_size or a batch_sampler")
         self.loader, self.device, self.seed = loader, device, seed
         self.sampler = getattr(loader.batch_sampler, "sampler", loader.sampler)
+        self.rank, self.ranks = world.rank, world.size
+        if self.ranks > 1 and isinstance(self.sampler, DistributedSampler):
+            raise ConfigError("train_data: a DataLoader with a DistributedSampler; allowed under torchrun: the "
+                              "DataLoader you would use on one process (epochal gives each rank its part of each batch)")
         self.epoch_start: tuple[int, torch.Tensor] | None = None  # (epoch, sampler generator state as it began)
         self._listed: tuple[int, list[list[int]]] | None = None  # the latest epoch's batches, for its order hash
         if len(loader.batch_sampler) == 0:
@@ -229,6 +247,10 @@ class UserLoaderBatches(Batches):
 
     def _epoch(self, epoch: int, start: int) -> Iterator[Any]:
         batches = self._batches_of(epoch)[start:]
+        if self.ranks > 1:
+            for batch in batches:
+                check_global_batch(len(batch), self.ranks, "train_data: a batch of the DataLoader")
+            batches = [shard(batch, self.rank, self.ranks) for batch in batches]
         loader = self.loader
         rebuilt = DataLoader(_SeededFetch(loader.dataset, self.seed, epoch), batch_sampler=_keyed(batches, start),
                              num_workers=loader.num_workers, collate_fn=loader.collate_fn,
@@ -291,20 +313,33 @@ class IterableBatches(Batches):
                 "batch_size": self.loader.batch_size, "num_workers": self.loader.num_workers}
 
 
+def shard(batch, rank: int, ranks: int):
+    """Rank ``rank``'s part of a global batch (of indices) that splits evenly over ``ranks``."""
+    size = len(batch) // ranks
+    return batch[rank * size : (rank + 1) * size]
+
+
 def make_batches(train_data: Any, device: torch.device, batch_size: int, seed: int, drop_last: bool,
-                 workers: int = 0) -> Batches:
+                 workers: int = 0, world: World = ALONE) -> Batches:
+    iterable = isinstance(train_data, IterableDataset) or (
+        isinstance(train_data, DataLoader) and isinstance(train_data.dataset, IterableDataset))
+    if iterable and world.size > 1:
+        raise ConfigError("train_data: an iterable dataset cannot be split among torchrun's processes; allowed "
+                          "with more than one: tensors, a map-style Dataset or a DataLoader over one")
+    if not isinstance(train_data, DataLoader):
+        check_global_batch(batch_size, world.size)
     if isinstance(train_data, DataLoader):
         if isinstance(train_data.dataset, IterableDataset):
             return IterableBatches(train_data, device, seed)
-        return UserLoaderBatches(train_data, device, seed)
+        return UserLoaderBatches(train_data, device, seed, world)
     if isinstance(train_data, IterableDataset):
         return IterableBatches(DataLoader(train_data, batch_size=batch_size, num_workers=workers), device, seed)
     if isinstance(train_data, TensorDataset):
-        return DeviceBatches(tuple(train_data.tensors), device, batch_size, seed, drop_last)
+        return DeviceBatches(tuple(train_data.tensors), device, batch_size, seed, drop_last, world)
     duck_typed = hasattr(train_data, "__getitem__") and hasattr(train_data, "__len__") and not isinstance(
         train_data, (torch.Tensor, tuple, list, dict, str, bytes))
     if isinstance(train_data, Dataset) or duck_typed:  # e.g. a Hugging Face dataset
-        return LoaderBatches(train_data, device, batch_size, seed, drop_last, workers)
+        return LoaderBatches(train_data, device, batch_size, seed, drop_last, workers, world)
     if leaves(train_data):
-        return DeviceBatches(train_data, device, batch_size, seed, drop_last)
+        return DeviceBatches(train_data, device, batch_size, seed, drop_last, world)
     raise ConfigError(f"train_data: got {type(train_data).__name__}; allowed: {ACCEPTED}")

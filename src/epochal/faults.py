@@ -4,16 +4,20 @@
   as a crash would (every run, from the CLI or the Python API).
 - ``EPOCHAL_TEST_WRITE_DELAY=S``: checkpoint writes sleep S seconds between chunks, so a
   test can kill the process in the middle of a write (checkpoint.py).
+- ``EPOCHAL_TEST_STEP_DELAY=S``: every optimizer step is followed by S seconds of sleep, so a
+  test can signal a run (or one of torchrun's ranks) while it trains; the numbers do not change.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 from epochal.callbacks.base import Callback
 
 KILL_ENV = "EPOCHAL_KILL_AT_STEP"
+DELAY_ENV = "EPOCHAL_TEST_STEP_DELAY"
 
 
 class KillAtStep(Callback):
@@ -27,7 +31,17 @@ class KillAtStep(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class SlowSteps(Callback):
+    """Sleep ``seconds`` after every optimizer step."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_step_end(self, run) -> None:
+        time.sleep(self.seconds)
+
+
 def kill_hooks() -> list[Callback]:
-    """The KillAtStep hook when the environment asks for one."""
-    step = os.environ.get(KILL_ENV)
-    return [KillAtStep(int(step))] if step else []
+    """The KillAtStep and SlowSteps hooks the environment asks for."""
+    step, delay = os.environ.get(KILL_ENV), os.environ.get(DELAY_ENV)
+    return [*([KillAtStep(int(step))] if step else []), *([SlowSteps(float(delay))] if delay else [])]

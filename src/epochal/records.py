@@ -130,8 +130,9 @@ def check_result(data: Any, path: Path) -> dict:
 
 
 class RunFolder:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, writes: bool = True):
         self.path = Path(path)
+        self.writes = writes  # False on torchrun's ranks other than 0: only rank 0 writes the folder
         self.history_path = self.path / "history.jsonl"
         self.result_path = self.path / "result.json"
         self._history = None
@@ -227,10 +228,14 @@ class RunFolder:
 
     # ----------------------------------------------------------------- writing
     def write_json(self, name: str, data: dict) -> None:
+        if not self.writes:
+            return
         atomic_write_text(self.path / name, json.dumps(finite_or_none(data), indent=1) + "\n")
 
     def write_config(self, toml_text: str, notes: list[str] = ()) -> None:
         """config.toml; ``notes`` (settings changed by --force, and from which step) join earlier ones as comments."""
+        if not self.writes:
+            return
         kept = [line for line in self._config_lines() if line.startswith(FORCE_NOTE)]
         header = "".join(f"{line}\n" for line in [*kept, *notes])
         atomic_write_text(self.path / CONFIG, header + toml_text)
@@ -250,6 +255,8 @@ class RunFolder:
                 pass  # a failed flush was already reported by append_history
 
     def append_history(self, records: list[dict]) -> None:
+        if not self.writes:
+            return
         try:
             if self._history is None:
                 self._history = open(self.history_path, "a")
@@ -260,6 +267,8 @@ class RunFolder:
 
     def truncate_history(self, step: int, epochs_done: int) -> None:
         """Keep what a checkpoint at (step, epochs_done) already covers; resume rewrites the rest."""
+        if not self.writes:
+            return
         self._close_history()  # the file is replaced: appends must go to the new one
         if not self.history_path.exists():
             return

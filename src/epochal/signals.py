@@ -3,6 +3,12 @@
 The first SIGTERM, SIGINT or SIGUSR1 is only remembered; the ``Preemption`` policy
 turns it into a decision at the next step (save, status ``preempted``, exit 75).
 A second SIGINT aborts at once (the CLI exits 130); checkpoints already written stay.
+
+Under torchrun a signal may reach one rank only (or the ranks at different steps), so a
+rank only notes it as ``pending``; it counts (``received``) once the ranks have agreed on
+it at a log interval (``agree``), and then every rank stops at the same step. A second
+SIGINT does not abort there: a Ctrl-C reaches a worker twice (from the terminal, then
+forwarded by torchrun), and torchrun kills its workers 30 s after it forwards a signal.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 class PreemptionSignals:
     """Installed for the life of a run (a context manager); ``received`` is the first signal, if any."""
 
-    def __init__(self) -> None:
+    def __init__(self, agreed: bool = False) -> None:
+        self.agreed = agreed  # more than one process: a signal waits for agreement (see the module docstring)
         self.received: int | None = None
+        self.pending: int | None = None  # the first signal this process got, agreed on or not
         self._previous: dict[int, object] = {}
 
     @property
@@ -28,10 +36,21 @@ class PreemptionSignals:
         return signal.Signals(self.received).name if self.received is not None else ""
 
     def _handle(self, signum, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT:
+        if self.pending is not None and signum == signal.SIGINT and not self.agreed:
             raise KeyboardInterrupt
-        if self.received is None:
+        if self.pending is None:
+            self.pending = signum
+        if self.received is None and not self.agreed:
             self.received = signum
+
+    def flags(self) -> list[float]:
+        """One flag per preemption signal: 1.0 for the one this process got; summed over the ranks by ``agree``."""
+        return [float(self.pending == sig) for sig in PREEMPT_SIGNALS]
+
+    def agree(self, counts: list[float]) -> None:
+        """The ranks' summed ``flags``: a signal any rank got now counts on every rank (SIGTERM named first)."""
+        if self.received is None:
+            self.received = next((sig for sig, count in zip(PREEMPT_SIGNALS, counts) if count > 0), None)
 
     def __enter__(self) -> "PreemptionSignals":
         if threading.current_thread() is threading.main_thread():

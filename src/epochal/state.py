@@ -62,7 +62,7 @@ class RNGState:
         return capture_rng()
 
     def load_state_dict(self, state: dict) -> None:
-        restore_rng(state)
+        restore_rng(state["ranks"][0] if "ranks" in state else state)  # torchrun's checkpoints hold every rank's
 
 
 def capture_rng() -> dict:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Union
 import torch
 from torch import nn
 
+from epochal.distributed import ALONE, World
 from epochal.tree import batch_size, split
 
 LossFn = Callable[[nn.Module, Any], Any]
@@ -52,12 +53,15 @@ class StepRecords:
         self.rows.append(torch.stack([v.detach().float() for v in values.values()]))
         self.lrs.append(lr)
 
-    def fetch(self, last_step: int, epoch: int) -> list[dict[str, float]]:
-        """Records of the steps written since the last fetch; ``last_step`` is the newest one's number."""
+    def fetch(self, last_step: int, epoch: int,
+              agree: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[dict[str, float]]:
+        """Records of the steps written since the last fetch; ``last_step`` is the newest one's number.
+        ``agree`` (under torchrun) turns this rank's rows into the values every rank records."""
         count, lrs = self.pending, self.lrs
         if count == 0:
             return []
-        columns = torch.stack(self.rows).T.tolist()
+        rows = torch.stack(self.rows)
+        columns = (rows if agree is None else agree(rows)).T.tolist()
         self.discard()
         first_step = last_step - count + 1
         return [{"step": first_step + i, "epoch": epoch, "lr": lrs[i],
@@ -98,8 +102,12 @@ class Step:
         grad_accum: int,
         guard_nonfinite: bool = True,
         prepare: Callable[[Any], Any] | None = None,
+        world: World = ALONE,
+        no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
     ):
         self.model, self.loss_fn, self.prepare = model, loss_fn, prepare
+        # Under torchrun: DDP's no_sync, so only the last micro-batch's backward all-reduces the gradients.
+        self.world, self.no_sync = world, no_sync
         self.optimizer, self.scheduler = optimizer, scheduler
         self.device, self.precision = device, precision
         self.grad_clip, self.grad_accum = grad_clip, grad_accum
@@ -120,16 +128,12 @@ class Step:
             batch = self.prepare(batch)  # per-batch draws happen once, on the whole batch
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, torch.Tensor] = {}
-        for micro, share in self._micro_batches(batch):
-            with autocast(self.device, self.precision):
-                parts = loss_parts(self.loss_fn(self.model, micro))
-            loss = parts["loss"]
-            if _is_pair(loss):
-                loss = loss[0]
-            elif share != 1:
-                # Weighting by size makes the accumulated gradient that of the whole batch's mean.
-                loss = loss * share
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+        micros = self._micro_batches(batch)
+        for i, (micro, share) in enumerate(micros):
+            # DDP decides in the forward whether the backward all-reduces: both go inside no_sync.
+            held = self.no_sync is not None and i < len(micros) - 1
+            with self.no_sync() if held else contextlib.nullcontext():
+                parts = self._backward(micro, share)
             for name, value in parts.items():
                 if _is_pair(value):
                     total, count = value[0].detach(), torch.as_tensor(value[1], device=self.device)
@@ -137,10 +141,13 @@ class Step:
                 else:
                     total = value.detach() * share if share != 1 else value.detach()
                 sums[name] = sums[name] + total if name in sums else total
+        least = 1  # a count is at least one example
+        if counts and self.world.size > 1:
+            counts, least = self.world.global_counts(counts), 1 / self.world.size
         if "loss" in counts:
             grads = [p.grad for p in self.params if p.grad is not None]
-            torch._foreach_div_(grads, counts["loss"].float().clamp_min(1))
-        totals = {name: sums[name] / counts[name].clamp_min(1) if name in counts else sums[name] for name in sums}
+            torch._foreach_div_(grads, counts["loss"].float().clamp_min(least))
+        totals = {name: sums[name] / counts[name].clamp_min(least) if name in counts else sums[name] for name in sums}
 
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -151,7 +158,9 @@ class Step:
             self.scaler.update()
         elif self.guard_nonfinite:
             # loss + norm is finite exactly when both are; the fused optimizer skips the update on 1.0.
-            self.optimizer.found_inf = (totals["loss"] + grad_norm).isfinite().logical_not().float()
+            # Under torchrun only the norm of the all-reduced gradient decides: it is the same on every rank.
+            checked = grad_norm if self.world.size > 1 else totals["loss"] + grad_norm
+            self.optimizer.found_inf = checked.isfinite().logical_not().float()
             self.optimizer.step()
             del self.optimizer.found_inf
         else:
@@ -166,6 +175,19 @@ class Step:
             return [(batch, 1.0)]
         size = batch_size(batch)
         return [(micro, batch_size(micro) / size) for micro in split(batch, min(self.grad_accum, size))]
+
+    def _backward(self, micro: Any, share: float) -> dict[str, Loss]:
+        """Forward and backward of one micro-batch holding ``share`` of the batch's examples."""
+        with autocast(self.device, self.precision):
+            parts = loss_parts(self.loss_fn(self.model, micro))
+        loss = parts["loss"]
+        if _is_pair(loss):
+            loss = loss[0]
+        elif share != 1:
+            # Weighting by size makes the accumulated gradient that of the whole batch's mean.
+            loss = loss * share
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        return parts
 
     def _clip(self) -> torch.Tensor:
         if self.grad_clip > 0:

@@ -26,6 +26,7 @@ from epochal.checkpoint import BackgroundWriter, CheckpointStore, payload_states
 from epochal.config import RunConfig
 from epochal.data import make_batches
 from epochal.decisions import Decision, RollBack, Save, as_decisions
+from epochal.distributed import ALONE, RanksRNG, World
 from epochal.errors import ConfigError
 from epochal.optim import build_adamw, make_schedule, resolve_warmup_steps
 from epochal.records import RunFolder
@@ -41,15 +42,21 @@ LINKS = {"best": "best.pt", "gate": "checkpoint_gate.pt"}  # Save kinds that kee
 
 class Run:
     def __init__(self, task: Task, config: RunConfig, folder: RunFolder, built: Built, context: RunContext,
-                 callbacks: list[Callback], signals: PreemptionSignals, log: Callable[[str], None]):
+                 callbacks: list[Callback], signals: PreemptionSignals, log: Callable[[str], None],
+                 world: World = ALONE):
         train, device = config.train, context.device
         self.task, self.config, self.folder, self.context, self.printer = task, config, folder, context, log
+        self.world = world  # under torchrun: this rank; only rank 0 writes, evaluates and prints
+        if world.size > 1 and config.checkpoint.every_minutes:
+            raise ConfigError("checkpoint.every_minutes: each process's clock would decide at a different step; "
+                              "allowed with more than one process: checkpoint.every_steps")
         self.dir, self.device, self.eval_context = folder.path, device, built.eval_context
         self.signals = signals  # the preemption signals received (a test may set one as a scheduler would)
         self.model = built.model.to(device)
-        forward_model = torch.compile(self.model) if train.compile else self.model
+        trained = world.wrap(self.model, device)  # DistributedDataParallel under torchrun
+        forward_model = torch.compile(trained) if train.compile else trained
         self.batches = make_batches(built.train_data, device, train.batch_size, train.seed, train.drop_last,
-                                    train.num_workers)
+                                    train.num_workers, world)
         self.steps_per_epoch = self.batches.steps_per_epoch  # None for iterable data
         self.total_steps = training_steps(train.max_epochs, self.steps_per_epoch, train.max_steps)
         if built.optimizer is not None:
@@ -62,19 +69,21 @@ class Run:
             raise ConfigError(f"train.nan_policy: 'skip' needs an optimizer that skips a step on the device (fused "
                               f"AdamW/Adam/SGD), not {type(self.optimizer).__name__}; allowed: stop, rollback")
         self.step = Step(forward_model, task.loss, self.optimizer, self.scheduler, device, train.precision,
-                         train.grad_clip, train.grad_accum, train.guard_nonfinite, getattr(task, "prepare_batch", None))
+                         train.grad_clip, train.grad_accum, train.guard_nonfinite, getattr(task, "prepare_batch", None),
+                         world, getattr(trained, "no_sync", None))
         self.records = StepRecords()
         self.state = TrainState()
-        self.store = CheckpointStore(folder.path / "checkpoints", config.checkpoint.keep_last)
+        self.store = CheckpointStore(folder.path / "checkpoints", config.checkpoint.keep_last, writes=world.main)
         self.writer = BackgroundWriter(config.checkpoint.async_write)
         self.config_dict, self.config_hash = config.to_dict(), config.hash()
         self.last_saved_step = -1
         self.tested: dict | None = None  # test metrics of the last and best weights, once training completed
         self.origin: dict = {}  # provenance of the starting point (initial weights hash, warm start, data)
         meters, listeners = loggers.listeners(task, config, self.model, device)
+        writers = [*listeners, Console(log, train.progress, train.max_epochs)] if world.main else []
         self.callbacks = [*meters, *policies(config, self.model), *task.callbacks(config.task, context), *callbacks,
                           Checkpointing(config.checkpoint, train.max_epochs), Preemption(signals),
-                          RunRecord(), *listeners, Console(log, train.progress, train.max_epochs)]
+                          RunRecord(), *writers]
         # Per event, the callbacks that handle it: on_step_end runs every step, most callbacks ignore it.
         self.handlers = {event: [c for c in self.callbacks if handles(c, event)] for event in EVENTS}
         self.registry = self._register()
@@ -88,7 +97,7 @@ class Run:
             registry.register("scaler", self.step.scaler)
         registry.register("state", self.state)
         registry.register("data", self.batches)
-        registry.register("rng", RNGState())
+        registry.register("rng", RanksRNG(self.world) if self.world.size > 1 else RNGState())
         for callback in self.callbacks:
             if callback.key:
                 registry.register(callback.key, callback, weights=provides_weights(callback))
@@ -127,13 +136,22 @@ class Run:
 
     def log(self) -> list[Decision]:
         """Fetch the values of the steps since the last call (the one host sync) and hand them to on_log."""
-        records = self.records.fetch(self.state.step, self.state.epoch + 1)
+        agree = self._agree if self.world.size > 1 else None
+        records = self.records.fetch(self.state.step, self.state.epoch + 1, agree)
         if not records:
             return []
         for name in records[0]:
             if name not in ("step", "epoch", "lr", "grad_norm"):
                 self.state.curves.setdefault("train_loss" if name == "loss" else name, []).extend(r[name] for r in records)
         return self.emit("on_log", self.state.step, records)
+
+    def _agree(self, rows: torch.Tensor) -> torch.Tensor:
+        """Under torchrun, the log interval's one collective: every rank records the global batch's values
+        (the ranks' mean; the gradient norm is already the all-reduced gradient's) and learns of any signal."""
+        exact = [i for i, name in enumerate(self.records.names) if name == "grad_norm"]
+        rows, counts = self.world.agree(rows, self.signals.flags(), exact)
+        self.signals.agree(counts)
+        return rows
 
     # ------------------------------------------------------------ evaluation
     @contextlib.contextmanager
@@ -161,8 +179,8 @@ class Run:
             restore_rng(rng)
 
     def evaluate(self) -> dict[str, float]:
-        with self.evaluating() as model:
-            metrics = {name: float(value) for name, value in self.task.evaluate(model, self.eval_context).items()}
+        """The task's metrics; under torchrun rank 0 evaluates and every rank gets its values."""
+        metrics = self.world.from_main(self._measure)
         self.state.metrics = metrics
         for name, value in metrics.items():
             self.state.curves.setdefault(name, []).append(value)
@@ -170,8 +188,14 @@ class Run:
         self.state.eval_steps.append(self.state.step)
         return metrics
 
+    def _measure(self) -> dict[str, float]:
+        with self.evaluating() as model:
+            return {name: float(value) for name, value in self.task.evaluate(model, self.eval_context).items()}
+
     def test(self) -> dict | None:
-        """The task's test metrics on the last weights and, if kept, on best.pt's (seed 003, 5.7)."""
+        """The task's test metrics on the last weights and, if kept, on best.pt's (seed 003, 5.7); rank 0's."""
+        if not self.world.main:
+            return None
         with self.evaluating() as model:
             last = self.task.test(model, self.eval_context)
         if last is None:
@@ -192,7 +216,11 @@ class Run:
         else:
             name, kind = f"checkpoint_step_{state.step:08d}.pt", "preempt" if "preempt" in kinds else "step"
         links = ["last.pt", *(LINKS[k] for k in LINKS if k in kinds)]
-        payload = to_cpu({"format": CHECKPOINT_FORMAT, "state": self.registry.state_dict(),
+        states = self.registry.state_dict()  # every rank: the random generators are gathered to rank 0
+        self.last_saved_step = state.step
+        if not self.world.main:
+            return
+        payload = to_cpu({"format": CHECKPOINT_FORMAT, "state": states, "world_size": self.world.size,
                           "config": self.config_dict, "config_hash": self.config_hash})
         info = {"kind": kind, "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
                 "saved": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -204,7 +232,6 @@ class Run:
                 store.link(name, link)
 
         self.writer.submit(write)
-        self.last_saved_step = state.step
         if any(save.wait for save in saves):
             self.writer.wait()
 
@@ -216,6 +243,7 @@ class Run:
     def roll_back(self, decision: RollBack) -> None:
         """Reload the newest valid checkpoint (the policy keeps its own count) and scale the learning rate."""
         self.writer.wait()
+        self.world.barrier()  # every rank reads the checkpoint rank 0 has finished writing
         newest = self.store.newest_valid(warn=warnings.warn)
         if newest is None:
             self.state.stop(f"{decision.reason}; no checkpoint to roll back to", "failed")
@@ -232,6 +260,8 @@ class Run:
     # ---------------------------------------------------------------- result
     def export_weights(self) -> None:
         """model.safetensors, and model_<key>.safetensors for each callback's evaluation weights (EMA)."""
+        if not self.world.main:
+            return
         folder = self.store.folder
         save_weights(folder / "model.safetensors", self.model)
         for callback in self.callbacks:
