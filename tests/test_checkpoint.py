@@ -134,3 +134,78 @@ def test_nan_policy_rollback_gives_up_after_max_rollbacks(tmp_path):
     assert result.status == "failed" and "rollbacks exhausted" in result.stop_reason
     assert result.result["metadata"]["rollbacks"] == 2
 
+
+
+# --- the writer: big files, errors, temp files, retention, one entry a step -------------------
+
+from epochal.checkpoint import BackgroundWriter  # noqa: E402
+from epochal.io import TEMP_MARK, WRITE_DELAY_ENV  # noqa: E402
+
+
+@pytest.mark.parametrize("delay", ["0", "0.001"], ids=["straight", "paused-between-chunks"])
+def test_a_checkpoint_over_one_mib_reads_back_bit_exact(tmp_path, monkeypatch, delay):
+    monkeypatch.setenv(WRITE_DELAY_ENV, delay)  # the delay hook takes the flush-per-chunk path
+    weights = torch.randn(700_001, generator=torch.Generator().manual_seed(0))  # 2.7 MiB: three chunks, one short
+    data = serialize({"w": weights})
+    assert len(data) > 2 * (1 << 20) and len(data) % (1 << 20)
+    store = CheckpointStore(tmp_path, keep_last=3)
+    store.write("big.pt", data, {"kind": "epoch", "step": 1})
+    assert (tmp_path / "big.pt").read_bytes() == data
+    assert torch.equal(store.load("big.pt")["w"], weights)
+
+
+def test_an_error_in_the_background_writer_is_raised_once_as_one_line():
+    writer = BackgroundWriter(enabled=True)
+
+    def broken():
+        raise RuntimeError("cannot pickle 'generator' object\nmore detail")
+
+    writer.submit(broken, "ckpt/a.pt")
+    with pytest.raises(CheckpointError) as caught:
+        writer.wait()
+    assert str(caught.value) == ("ckpt/a.pt: cannot write checkpoint (RuntimeError: cannot pickle 'generator' "
+                                 "object); earlier checkpoints are intact")
+    writer.wait()  # reported once, then the writer is usable again
+    done = []
+    writer.submit(lambda: done.append(1))
+    writer.wait()
+    assert done == [1]
+
+
+def test_an_error_of_a_write_in_flight_surfaces_at_the_next_submit():
+    writer, ran = BackgroundWriter(enabled=True), []
+    writer.submit(lambda: (_ for _ in ()).throw(OSError("boom")))
+    with pytest.raises(CheckpointError, match="OSError: boom"):
+        writer.submit(lambda: ran.append(1))
+    assert ran == []  # the next write does not start over a failure nobody has seen
+
+
+def test_a_failing_background_write_fails_the_run_with_one_line_and_keeps_earlier_checkpoints(tmp_path, capsys,
+                                                                                            monkeypatch):
+    from epochal import training
+    from epochal.cli import main
+
+    real, calls = training.serialize, []
+
+    def serialize_then_fail(payload):
+        calls.append(payload["state"]["state"]["step"])
+        if len(calls) > 1:
+            raise RuntimeError("cannot pickle 'generator' object")
+        return real(payload)
+
+    monkeypatch.setattr(training, "serialize", serialize_then_fail)
+    code = main(["run", "toy", "--out", str(tmp_path), "--id", "r", "--no-progress", "--epochs", "3",
+                 "--set", "task.n_train=256", "--set", "log.plots=false"])
+    err = capsys.readouterr().err
+    assert code == 1 and calls == [4, 8]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("epochal: error: ") and "checkpoint_epoch_0002.pt: cannot write checkpoint" in lines[0]
+    assert "cannot pickle 'generator' object" in lines[0] and "earlier checkpoints are intact" in lines[0]
+    folder = tmp_path / "r" / "checkpoints"
+    store = CheckpointStore(folder, 3)
+    assert {e["file"]: e["step"] for e in store.manifest()} == {"checkpoint_epoch_0001.pt": 4, "last.pt": 4, "best.pt": 4}
+    assert store.load_states("last.pt")["state"]["step"] == 4
+    assert not list(folder.glob(f"*{TEMP_MARK}*"))
+    result = json.loads((tmp_path / "r" / "result.json").read_text()) if (tmp_path / "r" / "result.json").exists() else {}
+    assert result.get("status") != "completed"

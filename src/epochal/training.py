@@ -201,7 +201,7 @@ class Run:
             for link in links:
                 store.link(name, link)
 
-        self.writer.submit(write)
+        self.writer.submit(write, str(store.folder / name))
         self.last_saved_step = state.step
         if any(save.wait for save in saves):
             self.writer.wait()
