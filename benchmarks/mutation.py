@@ -12,11 +12,11 @@ same mutants are drawn before and after new tests are written, as long as the
 mutated lines themselves did not change.
 
 The source and tests are copied into a temporary folder when the pass starts (the
-working tree can change while it runs); ``--tests-rev`` takes the tests from a git
-revision instead, for a score "before" a change to them.
+working tree can change while it runs); ``--rev`` takes both from a git revision
+instead, for a score "before" a change.
 
     python benchmarks/mutation.py --list                 # the sampled mutants
-    python benchmarks/mutation.py [--rate 0.12] [--out mutation.jsonl] [--tests-rev REV]
+    python benchmarks/mutation.py [--rate 0.12] [--out mutation.jsonl] [--rev REV]
     python benchmarks/mutation.py --out after.jsonl --carry-killed before.jsonl   # rerun only the survivors
 """
 
@@ -47,17 +47,19 @@ TARGETS = {
     "loop.py": None,
     "training.py": {"save", "restore", "roll_back", "log", "train_step"},
 }
-# The fast tests of those modules; each mutant runs its own module's file first, then the rest, with -x.
+# The fast tests of each module, its own file first: a mutant runs these with -x (the slow subprocess
+# tests of test_faults/test_reliability are left out so that a pass of ~100 mutants takes half an hour).
+LOOP_TESTS = ["tests/test_loop.py", "tests/test_resume.py", "tests/callbacks/test_nan_policy.py",
+              "tests/test_checkpoint.py"]
 TESTS = {
-    "checkpoint.py": "tests/test_checkpoint.py",
-    "state.py": "tests/test_resume.py",
-    "data.py": "tests/test_data.py",
-    "step.py": "tests/test_step.py",
-    "loop.py": "tests/test_loop.py",
-    "training.py": "tests/callbacks/test_nan_policy.py",
+    "checkpoint.py": ["tests/test_checkpoint.py", "tests/test_resume.py"],
+    "state.py": ["tests/test_resume.py", "tests/test_checkpoint.py"],
+    "data.py": ["tests/test_data.py", "tests/test_resume.py"],
+    "step.py": ["tests/test_step.py", "tests/test_loop.py"],
+    "loop.py": LOOP_TESTS,
+    "training.py": LOOP_TESTS,
 }
-ALL_TESTS = ["tests/test_checkpoint.py", "tests/test_data.py", "tests/test_step.py", "tests/test_loop.py",
-             "tests/test_resume.py", "tests/callbacks/test_nan_policy.py"]
+ALL_TESTS = sorted({f for files in TESTS.values() for f in files})
 
 COMPARE_FLIPS = {ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt, ast.Eq: ast.NotEq,
                  ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
@@ -207,14 +209,16 @@ def sampled(mutants: list[Mutant], rate: float) -> list[Mutant]:
     return [m for m in mutants if fraction(m) < rate]
 
 
-def snapshot(into: Path, tests_rev: str | None) -> None:
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "scratch")
-    shutil.copytree(ROOT / "src", into / "src", ignore=ignore)
-    shutil.copy(ROOT / "pyproject.toml", into / "pyproject.toml")
-    if tests_rev is None:
-        shutil.copytree(ROOT / "tests", into / "tests", ignore=ignore)
+def snapshot(into: Path, rev: str | None) -> None:
+    """src/, tests/ and pyproject.toml, from the working tree or from git revision ``rev``."""
+    if rev is None:
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for name in ("src", "tests"):
+            shutil.copytree(ROOT / name, into / name, ignore=ignore)
+        shutil.copy(ROOT / "pyproject.toml", into / "pyproject.toml")
     else:
-        archive = subprocess.run(["git", "archive", tests_rev, "tests"], cwd=ROOT, check=True, capture_output=True)
+        archive = subprocess.run(["git", "archive", rev, "src", "tests", "pyproject.toml"], cwd=ROOT, check=True,
+                                 capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
 
 
@@ -235,16 +239,23 @@ def run_tests(work: Path, files: list[str], timeout: float) -> tuple[str, float,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=0.12, help="fraction of all mutants sampled (stable hash)")
-    parser.add_argument("--timeout", type=float, default=120, help="seconds per mutant before it counts as killed")
+    parser.add_argument("--timeout", type=float, default=90, help="seconds per mutant before it counts as killed")
     parser.add_argument("--out", type=Path, default=None, help="one JSON line per mutant")
-    parser.add_argument("--tests-rev", default=None, help="take tests/ from this git revision (a 'before' score)")
+    parser.add_argument("--rev", default=None, help="take src/ and tests/ from this git revision (a 'before' score)")
     parser.add_argument("--list", action="store_true", help="list the sampled mutants and stop")
     parser.add_argument("--carry-killed", type=Path, default=None,
                         help="a previous --out file: mutants it killed count as killed without a rerun (tests were "
                              "only added since, so they still fail); only its survivors and new mutants are run")
     args = parser.parse_args()
 
-    sources = {file: (ROOT / PACKAGE / file).read_text() for file in TARGETS}
+    with tempfile.TemporaryDirectory(prefix="epochal-mutation-") as tmp:
+        work = Path(tmp)
+        snapshot(work, args.rev)
+        return mutate(work, args)
+
+
+def mutate(work: Path, args: argparse.Namespace) -> int:
+    sources = {file: (work / PACKAGE / file).read_text() for file in TARGETS}
     every = [m for file, source in sources.items() for m in mutants_of(file, source)]
     chosen = sampled(every, args.rate)
     print(f"{len(chosen)} of {len(every)} mutants sampled (rate {args.rate})", flush=True)
@@ -252,56 +263,51 @@ def main() -> int:
         for m in chosen:
             print(m.describe())
         return 0
-    tests_present = lambda work: [f for f in ALL_TESTS if (work / f).exists()]  # noqa: E731
-    with tempfile.TemporaryDirectory(prefix="epochal-mutation-") as tmp:
-        work = Path(tmp)
-        snapshot(work, args.tests_rev)
-        present = tests_present(work)
-        target_files = {file: work / PACKAGE / file for file in TARGETS}
-        trees = {file: ast.parse(source) for file, source in sources.items()}
-        for file, path in target_files.items():  # the pass runs on unparsed code: check that is still green
-            path.write_text(ast.unparse(trees[file]))
-        verdict, seconds, last = run_tests(work, present, args.timeout * 3)
-        if verdict != "survived":
-            print(f"the tests fail without any mutation ({last}); fix that first", file=sys.stderr)
-            return 1
-        print(f"unmutated: green in {seconds:.0f}s ({', '.join(present)})", flush=True)
-        out = open(args.out, "w") if args.out else None
-        killed = tried = 0
-        carried = set()
-        if args.carry_killed:
-            for line in args.carry_killed.read_text().splitlines():
-                record = json.loads(line)
-                if record["verdict"] != "survived":
-                    carried.add(record["key"])
-        for n, m in enumerate(chosen, 1):
-            if m.key in carried:
-                killed, tried = killed + 1, tried + 1
-                print(f"[{n}/{len(chosen)}] {'killed (carried)':16} {0:5.1f}s  {m.describe()}", flush=True)
-                if out:
-                    out.write(json.dumps({"mutant": m.describe(), "key": m.key, "verdict": "killed (carried)",
-                                          "seconds": 0, "last_line": ""}) + "\n")
-                continue
-            original = ast.unparse(trees[m.file])
-            mutated = ast.unparse(_apply(trees[m.file], m.index, m.edit))
-            if mutated == original:
-                continue
-            target_files[m.file].write_text(mutated)
-            own = TESTS[m.file]
-            order = [own, *[f for f in present if f != own]]
-            try:
-                verdict, seconds, last = run_tests(work, order, args.timeout)
-            finally:
-                target_files[m.file].write_text(original)
-            killed, tried = killed + (verdict != "survived"), tried + 1
-            print(f"[{n}/{len(chosen)}] {verdict:16} {seconds:5.1f}s  {m.describe()}", flush=True)
+    present = [f for f in ALL_TESTS if (work / f).exists()]
+    target_files = {file: work / PACKAGE / file for file in TARGETS}
+    trees = {file: ast.parse(source) for file, source in sources.items()}
+    for file, path in target_files.items():  # the pass runs on unparsed code: check that is still green
+        path.write_text(ast.unparse(trees[file]))
+    verdict, seconds, last = run_tests(work, present, args.timeout * 3)
+    if verdict != "survived":
+        print(f"the tests fail without any mutation ({last}); fix that first", file=sys.stderr)
+        return 1
+    print(f"unmutated: green in {seconds:.0f}s ({', '.join(present)})", flush=True)
+    out = open(args.out, "w") if args.out else None
+    killed = tried = 0
+    carried = set()
+    if args.carry_killed:
+        for line in args.carry_killed.read_text().splitlines():
+            record = json.loads(line)
+            if record["verdict"] != "survived":
+                carried.add(record["key"])
+    for n, m in enumerate(chosen, 1):
+        if m.key in carried:
+            killed, tried = killed + 1, tried + 1
+            print(f"[{n}/{len(chosen)}] {'killed (carried)':16} {0:5.1f}s  {m.describe()}", flush=True)
             if out:
-                out.write(json.dumps({"mutant": m.describe(), "key": m.key, "verdict": verdict,
-                                      "seconds": round(seconds, 1), "last_line": last}) + "\n")
-                out.flush()
-        print(f"score: {killed}/{tried} killed = {killed / max(1, tried):.0%}", flush=True)
+                out.write(json.dumps({"mutant": m.describe(), "key": m.key, "verdict": "killed (carried)",
+                                      "seconds": 0, "last_line": ""}) + "\n")
+            continue
+        original = ast.unparse(trees[m.file])
+        mutated = ast.unparse(_apply(trees[m.file], m.index, m.edit))
+        if mutated == original:
+            continue
+        target_files[m.file].write_text(mutated)
+        order = [f for f in TESTS[m.file] if f in present]
+        try:
+            verdict, seconds, last = run_tests(work, order, args.timeout)
+        finally:
+            target_files[m.file].write_text(original)
+        killed, tried = killed + (verdict != "survived"), tried + 1
+        print(f"[{n}/{len(chosen)}] {verdict:16} {seconds:5.1f}s  {m.describe()}", flush=True)
         if out:
-            out.close()
+            out.write(json.dumps({"mutant": m.describe(), "key": m.key, "verdict": verdict,
+                                  "seconds": round(seconds, 1), "last_line": last}) + "\n")
+            out.flush()
+    print(f"score: {killed}/{tried} killed = {killed / max(1, tried):.0%}", flush=True)
+    if out:
+        out.close()
     return 0
 
 

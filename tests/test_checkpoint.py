@@ -209,3 +209,90 @@ def test_a_failing_background_write_fails_the_run_with_one_line_and_keeps_earlie
     assert not list(folder.glob(f"*{TEMP_MARK}*"))
     result = json.loads((tmp_path / "r" / "result.json").read_text()) if (tmp_path / "r" / "result.json").exists() else {}
     assert result.get("status") != "completed"
+
+
+@pytest.mark.parametrize("error", [OSError(errno.EIO, os.strerror(errno.EIO)), RuntimeError("a bug in a hook")],
+                         ids=["io-error", "any-error"])
+def test_a_write_that_fails_half_way_leaves_no_temp_file_and_the_manifest_as_it_was(tmp_path, monkeypatch, error):
+    from epochal import io
+
+    store = CheckpointStore(tmp_path, keep_last=3)
+    store.write("good.pt", serialize({"x": 1}), {"kind": "epoch", "step": 1})
+    before = (tmp_path / "manifest.json").read_bytes()
+
+    def half_then_fail(path, f, data):
+        f.write(data[: len(data) // 2])
+        f.flush()
+        assert list(tmp_path.glob(f".next.pt{TEMP_MARK}*"))  # the temp file is really there at this point
+        raise error
+
+    monkeypatch.setattr(io, "_write", half_then_fail)
+    with pytest.raises((CheckpointError, RuntimeError)):
+        store.write("next.pt", serialize({"x": 2}), {"kind": "epoch", "step": 2})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pt", "manifest.json"]
+    assert (tmp_path / "manifest.json").read_bytes() == before
+
+
+def test_temp_files_of_a_killed_write_are_removed_when_the_folder_is_opened_again(tmp_path):
+    store = CheckpointStore(tmp_path, keep_last=3)
+    store.write("checkpoint_epoch_0001.pt", serialize({"x": 1}), {"kind": "epoch", "step": 4})
+    # what a SIGKILL in the middle of each kind of write leaves behind (another pid: the killed process)
+    stale = [".checkpoint_step_00000006.pt.tmp-4242", ".last.pt.tmp-4242", ".manifest.json.tmp-4242"]
+    for name in stale:
+        (tmp_path / name).write_bytes(b"half a file")
+    (tmp_path / "notes.tmp-1").write_text("a user's file, not ours")
+    reopened = CheckpointStore(tmp_path, keep_last=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch_0001.pt", "manifest.json", "notes.tmp-1"]
+    assert [e["file"] for e in reopened.manifest()] == ["checkpoint_epoch_0001.pt"]
+
+
+def test_retention_prunes_preemption_checkpoints_like_other_rolling_ones_and_keeps_named_links(tmp_path):
+    store = CheckpointStore(tmp_path, keep_last=2)
+    writes = [("checkpoint_epoch_0001.pt", "epoch", 4), ("checkpoint_step_00000006.pt", "preempt", 6),
+              ("checkpoint_step_00000009.pt", "step", 9), ("checkpoint_step_00000010.pt", "preempt", 10)]
+    kept_after = []
+    for name, kind, step in writes:
+        store.write(name, serialize({"step": step}), {"kind": kind, "step": step})
+        if step == 4:
+            store.link(name, "best.pt")  # named links are never pruned, however old
+        store.link(name, "last.pt")
+        kept_after.append(sorted(e["file"] for e in store.manifest() if e["kind"] in ("epoch", "step", "preempt")))
+    assert kept_after == [["checkpoint_epoch_0001.pt"],
+                          ["checkpoint_epoch_0001.pt", "checkpoint_step_00000006.pt"],
+                          ["checkpoint_step_00000006.pt", "checkpoint_step_00000009.pt"],
+                          ["checkpoint_step_00000009.pt", "checkpoint_step_00000010.pt"]]
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["best.pt", "checkpoint_step_00000009.pt",
+                                                             "checkpoint_step_00000010.pt", "last.pt"]
+    assert store.load("best.pt")["step"] == 4 and store.load("last.pt")["step"] == 10
+    entry, payload = store.newest_valid()
+    assert payload["step"] == 10
+
+
+def test_a_step_saved_twice_is_one_manifest_entry(tmp_path):
+    store = CheckpointStore(tmp_path, keep_last=5)
+    store.write("checkpoint_step_00000004.pt", serialize({"at": "last batch"}), {"kind": "preempt", "step": 4})
+    store.write("checkpoint_step_00000004.pt", serialize({"at": "again"}), {"kind": "step", "step": 4})
+    assert [(e["file"], e["kind"]) for e in store.manifest()] == [("checkpoint_step_00000004.pt", "step")]
+    # the epoch's end at the same step supersedes the mid-epoch file: one rolling entry a step
+    store.write("checkpoint_epoch_0001.pt", serialize({"at": "epoch end"}), {"kind": "epoch", "step": 4})
+    store.write("checkpoint_step_00000005.pt", serialize({"at": "next"}), {"kind": "step", "step": 5})
+    assert [(e["file"], e["step"]) for e in store.manifest()] == [("checkpoint_epoch_0001.pt", 4),
+                                                                   ("checkpoint_step_00000005.pt", 5)]
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["checkpoint_epoch_0001.pt", "checkpoint_step_00000005.pt"]
+    assert store.newest_valid()[1] == {"at": "next"}
+
+
+def test_a_resume_that_saves_the_step_it_resumed_at_again_lists_it_once(run_toy):
+    from tests.test_resume import SignalAtStep
+
+    settings = {"checkpoint.keep_last": 10}
+    stopped = run_toy("r", settings=settings, callbacks=[SignalAtStep(4)])  # the last step of epoch 1
+    assert stopped.status == "preempted"
+    folder = stopped.run_dir / "checkpoints"
+    (folder / f".checkpoint_step_00000004.pt{TEMP_MARK}99999").write_bytes(b"left by a killed write")
+    resumed = run_toy("r", settings=settings, resume="must")
+    assert resumed.status == "completed"
+    rolling = [(e["step"], e["kind"]) for e in CheckpointStore(folder, 10).manifest() if e["kind"] not in ("last", "best")]
+    assert rolling == [(4, "epoch"), (8, "epoch"), (12, "epoch")]
+    assert not list(folder.glob(f"*{TEMP_MARK}*"))

@@ -303,9 +303,14 @@ class CheckpointStore:
         return others
 
     def _retain(self, entries: list[dict]) -> list[dict]:
-        """Drop the oldest rolling checkpoints beyond keep_last; only files the manifest lists are deleted."""
-        rolling = sorted((e for e in entries if e["kind"] in ROLLING_KINDS), key=lambda e: e["step"])
-        drop = {e["file"] for e in rolling[: max(0, len(rolling) - self.keep_last)]}
+        """One rolling checkpoint a step, the newest written (a step saved twice, e.g. a preemption at an
+        epoch's last batch and, after the resume, that epoch's end, supersedes itself), and of those the
+        last keep_last; only files the manifest lists are deleted."""
+        rolling = [e for e in entries if e["kind"] in ROLLING_KINDS]
+        newest_at = {e["step"]: e["file"] for e in rolling}  # entries are in the order they were written
+        drop = {e["file"] for e in rolling if newest_at[e["step"]] != e["file"]}
+        distinct = sorted((e for e in rolling if e["file"] not in drop), key=lambda e: e["step"])
+        drop |= {e["file"] for e in distinct[: max(0, len(distinct) - self.keep_last)]}
         for name in drop:
             path = self.folder / name
             if path.is_file() and not path.is_symlink():
