@@ -51,7 +51,7 @@ TARGETS = {
 # test_reliability are left out, so that a pass of ~80 mutants fits in about half an hour on a busy machine).
 TESTS = {
     "checkpoint.py": ["tests/test_checkpoint.py"],
-    "state.py": ["tests/test_resume.py"],
+    "state.py": ["tests/test_state.py", "tests/test_resume.py"],
     "data.py": ["tests/test_data.py"],
     "step.py": ["tests/test_step.py"],
     "loop.py": ["tests/callbacks/test_nan_policy.py", "tests/test_loop.py", "tests/test_resume.py"],
