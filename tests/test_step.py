@@ -237,3 +237,26 @@ def test_grad_accum_larger_than_the_last_batch_trains_like_whole_batches_end_to_
     assert accumulated.status == "completed" and accumulated.result["steps"] == whole.result["steps"] == 8
     a, b = whole.result["curves"]["train_loss"], accumulated.result["curves"]["train_loss"]
     assert a[0] == pytest.approx(b[0], rel=1e-6) and b == pytest.approx(a, rel=1e-3)
+
+
+# --- the per-step records the loop fetches ---------------------------------------------------------
+
+from epochal.step import StepRecords  # noqa: E402
+
+
+def test_step_records_come_back_numbered_with_their_learning_rates_and_are_then_gone():
+    records = StepRecords(capacity=4, device=torch.device("cpu"))
+    assert records.fetch(last_step=0, epoch=1) == []
+    for i, lr in enumerate([0.1, 0.2, 0.3]):
+        records.write({"loss": torch.tensor(float(i)), "grad_norm": torch.tensor(10.0 + i)}, lr)
+    fetched = records.fetch(last_step=7, epoch=2)
+    assert fetched == [{"step": 5, "epoch": 2, "lr": 0.1, "loss": 0.0, "grad_norm": 10.0},
+                       {"step": 6, "epoch": 2, "lr": 0.2, "loss": 1.0, "grad_norm": 11.0},
+                       {"step": 7, "epoch": 2, "lr": 0.3, "loss": 2.0, "grad_norm": 12.0}]
+    assert records.fetch(last_step=7, epoch=2) == []
+    records.write({"loss": torch.tensor(5.0), "grad_norm": torch.tensor(1.0)}, 0.5)
+    assert records.fetch(last_step=8, epoch=2) == [{"step": 8, "epoch": 2, "lr": 0.5, "loss": 5.0, "grad_norm": 1.0}]
+    for _ in range(4):  # a full buffer, then discarded (a rollback replaces those steps)
+        records.write({"loss": torch.tensor(1.0), "grad_norm": torch.tensor(1.0)}, 0.5)
+    records.discard()
+    assert records.fetch(last_step=12, epoch=3) == []
