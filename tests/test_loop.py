@@ -123,3 +123,36 @@ def test_a_nonzero_seed_changes_the_run_and_is_reproducible(run_toy):
                                                      last_weights(default.run_dir).values()))
     assert json.loads((first.run_dir / "env.json").read_text())["data"]["tensors_sha256"] != \
         json.loads((default.run_dir / "env.json").read_text())["data"]["tensors_sha256"]
+
+
+def slow_checkpoint_writes(monkeypatch, seconds):
+    """Checkpoint files take ``seconds`` to write: one still in flight when it should be done would show."""
+    import time
+
+    from epochal import io
+
+    real = io._write
+
+    def slow(path, f, data):
+        if str(path).endswith(".pt"):
+            time.sleep(seconds)
+        real(path, f, data)
+
+    monkeypatch.setattr(io, "_write", slow)
+
+
+def test_a_run_returns_only_once_its_final_checkpoint_is_complete(run_toy, monkeypatch):
+    slow_checkpoint_writes(monkeypatch, 0.3)
+    result = run_toy("final", settings={"train.max_epochs": 1, "checkpoint.every_epochs": 0})
+    assert "last.pt" in result.result["checkpoints"] and "checkpoint_epoch_0001.pt" in result.result["checkpoints"]
+    assert last_weights(result.run_dir)  # complete and listed: the only checkpoint is the final one
+    store = CheckpointStore(result.run_dir / "checkpoints", 3)
+    assert store.load_states("last.pt")["state"]["step"] == 4
+
+
+def test_evaluation_happens_once_per_epoch_and_once_where_a_step_budget_ends(run_toy):
+    by_epochs = run_toy("epochs", settings={"train.max_epochs": 2})
+    assert by_epochs.result["eval_steps"] == [4, 8] and len(by_epochs.result["curves"]["eval_mse"]) == 2
+    by_steps = run_toy("steps", settings={"train.max_epochs": 3, "train.max_steps": 6})
+    assert by_steps.result["eval_steps"] == [4, 6] and by_steps.result["steps"] == 6
+    assert by_steps.stop_reason == "max_steps reached" and by_epochs.stop_reason == "max_epochs reached"
