@@ -244,7 +244,14 @@ def main() -> int:
     parser.add_argument("--carry-killed", type=Path, default=None,
                         help="a previous --out file: mutants it killed count as killed without a rerun (tests were "
                              "only added since, so they still fail); only its survivors and new mutants are run")
+    parser.add_argument("--range", default=None, metavar="START:END",
+                        help="only the sampled mutants START..END-1 (1-based, as printed): split a pass over workers")
+    parser.add_argument("--score", type=Path, nargs="+", default=None,
+                        help="print the score of --out files (the parts of a split pass) and their survivors")
+    parser.add_argument("--no-check", action="store_true", help="skip the run of the unmutated code (a second worker)")
     args = parser.parse_args()
+    if args.score:
+        return score(args.score)
 
     with tempfile.TemporaryDirectory(prefix="epochal-mutation-") as tmp:
         work = Path(tmp)
@@ -266,7 +273,7 @@ def mutate(work: Path, args: argparse.Namespace) -> int:
     trees = {file: ast.parse(source) for file, source in sources.items()}
     for file, path in target_files.items():  # the pass runs on unparsed code: check that is still green
         path.write_text(ast.unparse(trees[file]))
-    verdict, seconds, last = run_tests(work, present, args.timeout * 3)
+    verdict, seconds, last = ("survived", 0.0, "") if args.no_check else run_tests(work, present, args.timeout * 3)
     if verdict != "survived":
         print(f"the tests fail without any mutation ({last}); fix that first", file=sys.stderr)
         return 1
@@ -279,7 +286,10 @@ def mutate(work: Path, args: argparse.Namespace) -> int:
             record = json.loads(line)
             if record["verdict"] != "survived":
                 carried.add(record["key"])
+    first, last = (int(x) for x in args.range.split(":")) if args.range else (1, len(chosen) + 1)
     for n, m in enumerate(chosen, 1):
+        if not first <= n < last:
+            continue
         if m.key in carried:
             killed, tried = killed + 1, tried + 1
             print(f"[{n}/{len(chosen)}] {'killed (carried)':16} {0:5.1f}s  {m.describe()}", flush=True)
@@ -306,6 +316,20 @@ def mutate(work: Path, args: argparse.Namespace) -> int:
     print(f"score: {killed}/{tried} killed = {killed / max(1, tried):.0%}", flush=True)
     if out:
         out.close()
+    return 0
+
+
+def score(files: list[Path]) -> int:
+    records = {}
+    for file in files:
+        for line in file.read_text().splitlines():
+            record = json.loads(line)
+            records[record["key"]] = record
+    survivors = [r for r in records.values() if r["verdict"] == "survived"]
+    killed = len(records) - len(survivors)
+    print(f"score: {killed}/{len(records)} killed = {killed / max(1, len(records)):.0%}")
+    for record in survivors:
+        print(f"  survived: {record['mutant']}")
     return 0
 
 
