@@ -286,9 +286,9 @@ def mutate(work: Path, args: argparse.Namespace) -> int:
             record = json.loads(line)
             if record["verdict"] != "survived":
                 carried.add(record["key"])
-    first, last = (int(x) for x in args.range.split(":")) if args.range else (1, len(chosen) + 1)
+    start, stop = (int(x) for x in args.range.split(":")) if args.range else (1, len(chosen) + 1)
     for n, m in enumerate(chosen, 1):
-        if not first <= n < last:
+        if not start <= n < stop:
             continue
         if m.key in carried:
             killed, tried = killed + 1, tried + 1
