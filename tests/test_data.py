@@ -212,3 +212,31 @@ def test_reading_a_dataset_in_the_main_process_leaves_the_global_random_stream_a
     loaded = LoaderBatches(Items(), CPU, batch_size=8, seed=3, drop_last=False)
     assert sorted(sum(order(loaded, 1), [])) == list(range(20))
     assert torch.equal(torch.rand(3), expected)
+
+
+class Noisy(torch.utils.data.Dataset):
+    """Items drawn from every global generator, as random augmentations are."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        import random
+
+        import numpy as np
+
+        return torch.tensor([float(i), random.random(), float(np.random.rand()), float(torch.rand(()))])
+
+
+def test_random_transforms_give_the_same_batch_whichever_worker_makes_it():
+    from epochal.data import LoaderBatches
+
+    def batches(workers):
+        # seed 7: every (seed, epoch, batch) number is above 2**32, which numpy only takes modulo 2**32
+        loaded = LoaderBatches(Noisy(), CPU, batch_size=4, seed=7, drop_last=False, workers=workers)
+        return [b for b in loaded.epoch(1)]
+
+    one, two = batches(1), batches(2)
+    assert len(one) == 4 and all(torch.equal(a, b) for a, b in zip(one, two))
+    assert all(torch.equal(a, b) for a, b in zip(one, batches(1)))
+    assert len({tuple(b[0, 1:].tolist()) for b in one}) == 4  # each batch has draws of its own
