@@ -277,7 +277,8 @@ def mutate(work: Path, args: argparse.Namespace) -> int:
     if verdict != "survived":
         print(f"the tests fail without any mutation ({last}); fix that first", file=sys.stderr)
         return 1
-    print(f"unmutated: green in {seconds:.0f}s ({', '.join(present)})", flush=True)
+    checked = "not run (--no-check)" if args.no_check else f"green in {seconds:.0f}s"
+    print(f"unmutated: {checked} ({', '.join(present)})", flush=True)
     out = open(args.out, "w") if args.out else None
     killed = tried = 0
     carried = set()
