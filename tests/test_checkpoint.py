@@ -69,71 +69,102 @@ def test_a_full_disk_is_a_clear_error_and_earlier_checkpoints_stay(tmp_path, mon
     assert not (tmp_path / "next.pt").exists()
 
 
-# --- bad numbers -------------------------------------------------------------------------------
+# --- the manifest: checked, rebuilt, and files described ------------------------------------------
 
-from epochal.tasks.toy import ToyTask  # noqa: E402
+from epochal.checkpoint import check_manifest, describe, payload_states  # noqa: E402
 
-
-class PoisonedToy(ToyTask):
-    """The toy task whose loss is NaN on chosen calls (counted on the host: no sync)."""
-
-    name = "toy"
-
-    def __init__(self, bad_calls):
-        self.bad_calls, self.calls = set(bad_calls), 0
-
-    def loss(self, model, batch):
-        self.calls += 1
-        out = super().loss(model, batch)
-        return {"loss": out["loss"] * float("nan")} if self.calls in self.bad_calls else out
-
-
-def fit_poisoned(tmp_path, bad_calls, policy, **extra):
-    from epochal import run as fit
-    from tests.conftest import quiet
-
-    settings = {"train.max_epochs": 3, "train.progress": False, "task.n_train": 256, "train.nan_policy": policy,
-                "train.log_every": 2, **extra}
-    return fit(PoisonedToy(bad_calls), overrides=settings, out_dir=tmp_path, experiment_id=policy, log=quiet)
+GOOD = {"file": "a.pt", "sha256": "0" * 64, "kind": "epoch", "step": 4, "epoch": 1, "batch_in_epoch": 0}
+BAD = {
+    "not an object": ([GOOD], "expected"),
+    "no list": ({"checkpoints": {}}, "expected"),
+    "entry not an object": ({"checkpoints": ["a.pt"]}, "entry 0 is not an object"),
+    "a path": ({"checkpoints": [{**GOOD, "file": "../a.pt"}]}, "is not a file name in this folder"),
+    "twice": ({"checkpoints": [GOOD, GOOD]}, "a.pt is listed twice"),
+    "short hash": ({"checkpoints": [{**GOOD, "sha256": "abc"}]}, "'sha256' is not a SHA-256"),
+    "no kind": ({"checkpoints": [{k: v for k, v in GOOD.items() if k != "kind"}]}, "'kind' missing"),
+    "no step": ({"checkpoints": [{k: v for k, v in GOOD.items() if k != "step"}]}, "'step' missing"),
+    "bool step": ({"checkpoints": [{**GOOD, "step": True}]}, "'step' missing or not a non-negative"),
+    "negative epoch": ({"checkpoints": [{**GOOD, "epoch": -1}]}, "'epoch' missing or not a non-negative"),
+}
 
 
-def all_finite(run_dir):
-    model = CheckpointStore(run_dir / "checkpoints", 3).load_states("last.pt")["model"]
-    return all(torch.isfinite(t).all() for t in model.values())
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_a_manifest_is_checked_entry_by_entry(case):
+    data, fragment = BAD[case]
+    with pytest.raises(ValueError, match=fragment):
+        check_manifest(data)
 
 
-def test_nan_policy_stop_saves_and_fails_with_the_step(tmp_path):
-    result = fit_poisoned(tmp_path, {5}, "stop")
-    assert result.status == "failed" and result.exit_code == 1
-    assert "non-finite loss or gradient norm at step 5" in result.stop_reason
-    assert result.result["metadata"]["bad_steps"] == [5] and result.result["steps"] == 6  # found at the next fetch
-    assert all_finite(result.run_dir)
+def test_a_good_manifest_passes_and_optional_positions_may_be_absent():
+    minimal = {"file": "b.pt", "sha256": "f" * 64, "kind": "last", "step": 0}
+    assert check_manifest({"checkpoints": [GOOD, minimal]}) == [GOOD, minimal]
 
 
-def test_nan_policy_skip_counts_and_continues(tmp_path):
-    with pytest.warns(UserWarning, match="optimizer step skipped"):
-        result = fit_poisoned(tmp_path, {5, 9}, "skip")
-    assert result.status == "completed" and result.result["metadata"]["bad_steps"] == [5, 9]
-    assert all_finite(result.run_dir)
+def payload(step=4, epoch=1, batch=0, status="running"):
+    return {"format": 2, "config": {}, "state": {"model": {}, "state": {"step": step, "epoch": epoch,
+                                                                       "batch_in_epoch": batch, "status": status}}}
 
 
-def test_nan_policy_rollback_reloads_and_lowers_the_learning_rate(tmp_path):
-    with pytest.warns(UserWarning, match="rolled back to step 4, learning rate x0.5"):
-        result = fit_poisoned(tmp_path, {6}, "rollback")
-    assert result.status == "completed" and result.result["metadata"]["rollbacks"] == 1
-    history = [json.loads(l) for l in (result.run_dir / "history.jsonl").read_text().splitlines()]
-    steps = [h["step"] for h in history if "epoch_end" not in h]
-    assert steps == list(range(1, 13))  # the rolled-back steps were rewritten, not duplicated
-    lr_after = [h["lr"] for h in history if h.get("step") == 5 and "epoch_end" not in h][0]
-    assert all_finite(result.run_dir) and lr_after > 0
+def test_describe_names_a_files_kind_and_position_and_refuses_what_is_not_ours():
+    assert describe("checkpoint_epoch_0001.pt", payload()) == {"kind": "epoch", "step": 4, "epoch": 1,
+                                                                "batch_in_epoch": 0}
+    assert describe("checkpoint_step_00000006.pt", payload(6, 1, 2))["kind"] == "step"
+    assert describe("checkpoint_step_00000006.pt", payload(6, 1, 2, "preempted"))["kind"] == "preempt"
+    assert describe("best.pt", payload())["kind"] == "best"
+    no_config = {k: v for k, v in payload().items() if k != "config"}
+    for name, bad in [("no config", no_config), ("a list", [1]), ("format 3", {**payload(), "format": 3}),
+                      ("no model", {"format": 2, "config": {}, "state": {"state": payload()["state"]["state"]}})]:
+        with pytest.raises(CheckpointError, match="not an epochal checkpoint"):
+            describe(name, bad)
+    for state in ({"step": 4, "epoch": 1}, {"step": True, "epoch": 1, "batch_in_epoch": 0}, "not a dict"):
+        with pytest.raises(CheckpointError, match="no step, epoch and batch_in_epoch"):
+            describe("x.pt", {"format": 2, "config": {}, "state": {"model": {}, "state": state}})
 
 
-def test_nan_policy_rollback_gives_up_after_max_rollbacks(tmp_path):
-    with pytest.warns(UserWarning):
-        result = fit_poisoned(tmp_path, set(range(6, 100)), "rollback", **{"train.max_rollbacks": 2})
-    assert result.status == "failed" and "rollbacks exhausted" in result.stop_reason
-    assert result.result["metadata"]["rollbacks"] == 2
+def test_a_format_1_checkpoint_maps_onto_the_registry_names():
+    v1 = {"format": 1, "model": {"w": 1}, "optimizer": {"o": 2}, "scheduler": {"s": 3}, "rng": {"r": 4},
+          "callbacks": {"ema": {"e": 5}}, "scaler": {"c": 6},
+          "state": {"step": 3, "bad_steps": [2], "rollbacks": 1, "should_stop": False}}
+    states = payload_states(v1)
+    assert states == {"model": {"w": 1}, "optimizer": {"o": 2}, "scheduler": {"s": 3}, "state": {"step": 3},
+                      "data": {}, "rng": {"r": 4}, "nan_policy": {"bad_steps": [2], "rollbacks": 1},
+                      "ema": {"e": 5}, "scaler": {"c": 6}}
+    assert "scaler" not in payload_states({**v1, "scaler": None})
+    assert payload_states(payload()) == payload()["state"]
+    with pytest.raises(CheckpointError, match="format 7 is not one this version reads"):
+        payload_states({"format": 7})
 
+
+@pytest.mark.parametrize("damage", ["missing", "not JSON"])
+def test_a_missing_or_damaged_manifest_is_rebuilt_from_the_files_that_verify(tmp_path, damage):
+    folder = tmp_path / "run" / "checkpoints"  # made by the store
+    store = CheckpointStore(folder, keep_last=3)
+    for step, name in ((4, "checkpoint_epoch_0001.pt"), (6, "checkpoint_step_00000006.pt")):
+        store.write(name, serialize(payload(step, 1, step - 4)), {"kind": "epoch", "step": step})
+    (folder / "checkpoint_epoch_0002.pt").write_bytes(b"cut short by a crash")
+    if damage == "missing":
+        (folder / "manifest.json").unlink()
+    else:
+        (folder / "manifest.json").write_text('{"checkpoints": [')
+    warned = []
+    rebuilt = CheckpointStore(folder, keep_last=3, warn=warned.append).manifest()
+    assert [(e["file"], e["kind"], e["step"], e["batch_in_epoch"], e["rebuilt"]) for e in rebuilt] == [
+        ("checkpoint_epoch_0001.pt", "epoch", 4, 0, True), ("checkpoint_step_00000006.pt", "step", 6, 2, True)]
+    (message,) = warned
+    assert "rebuilt from 2 verified checkpoint file(s)" in message and "checkpoint_epoch_0002.pt" in message
+    assert ("missing while 3 checkpoint file(s) exist" if damage == "missing" else "invalid manifest") in message
+    assert (folder / "checkpoint_epoch_0002.pt").exists()  # unverified files are left alone
+
+
+def test_an_empty_folder_gets_no_manifest_and_one_with_nothing_verifiable_is_left_as_it_is(tmp_path):
+    warned = []
+    CheckpointStore(tmp_path / "a", keep_last=3, warn=warned.append)
+    assert warned == [] and list((tmp_path / "a").iterdir()) == []
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "checkpoint_epoch_0001.pt").write_bytes(b"junk")
+    CheckpointStore(tmp_path / "b", keep_last=3, warn=warned.append)
+    assert len(warned) == 1 and "no checkpoint file verifies" in warned[0]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["checkpoint_epoch_0001.pt"]
 
 
 # --- the writer: big files, errors, temp files, retention, one entry a step -------------------
@@ -298,99 +329,67 @@ def test_a_resume_that_saves_the_step_it_resumed_at_again_lists_it_once(run_toy)
     assert not list(folder.glob(f"*{TEMP_MARK}*"))
 
 
-# --- the manifest: checked, rebuilt, and files described ------------------------------------------
+# --- bad numbers -------------------------------------------------------------------------------
 
-from epochal.checkpoint import check_manifest, describe, payload_states  # noqa: E402
-
-GOOD = {"file": "a.pt", "sha256": "0" * 64, "kind": "epoch", "step": 4, "epoch": 1, "batch_in_epoch": 0}
-BAD = {
-    "not an object": ([GOOD], "expected"),
-    "no list": ({"checkpoints": {}}, "expected"),
-    "entry not an object": ({"checkpoints": ["a.pt"]}, "entry 0 is not an object"),
-    "a path": ({"checkpoints": [{**GOOD, "file": "../a.pt"}]}, "is not a file name in this folder"),
-    "twice": ({"checkpoints": [GOOD, GOOD]}, "a.pt is listed twice"),
-    "short hash": ({"checkpoints": [{**GOOD, "sha256": "abc"}]}, "'sha256' is not a SHA-256"),
-    "no kind": ({"checkpoints": [{k: v for k, v in GOOD.items() if k != "kind"}]}, "'kind' missing"),
-    "no step": ({"checkpoints": [{k: v for k, v in GOOD.items() if k != "step"}]}, "'step' missing"),
-    "bool step": ({"checkpoints": [{**GOOD, "step": True}]}, "'step' missing or not a non-negative"),
-    "negative epoch": ({"checkpoints": [{**GOOD, "epoch": -1}]}, "'epoch' missing or not a non-negative"),
-}
+from epochal.tasks.toy import ToyTask  # noqa: E402
 
 
-@pytest.mark.parametrize("case", BAD, ids=list(BAD))
-def test_a_manifest_is_checked_entry_by_entry(case):
-    data, fragment = BAD[case]
-    with pytest.raises(ValueError, match=fragment):
-        check_manifest(data)
+class PoisonedToy(ToyTask):
+    """The toy task whose loss is NaN on chosen calls (counted on the host: no sync)."""
+
+    name = "toy"
+
+    def __init__(self, bad_calls):
+        self.bad_calls, self.calls = set(bad_calls), 0
+
+    def loss(self, model, batch):
+        self.calls += 1
+        out = super().loss(model, batch)
+        return {"loss": out["loss"] * float("nan")} if self.calls in self.bad_calls else out
 
 
-def test_a_good_manifest_passes_and_optional_positions_may_be_absent():
-    minimal = {"file": "b.pt", "sha256": "f" * 64, "kind": "last", "step": 0}
-    assert check_manifest({"checkpoints": [GOOD, minimal]}) == [GOOD, minimal]
+def fit_poisoned(tmp_path, bad_calls, policy, **extra):
+    from epochal import run as fit
+    from tests.conftest import quiet
+
+    settings = {"train.max_epochs": 3, "train.progress": False, "task.n_train": 256, "train.nan_policy": policy,
+                "train.log_every": 2, **extra}
+    return fit(PoisonedToy(bad_calls), overrides=settings, out_dir=tmp_path, experiment_id=policy, log=quiet)
 
 
-def payload(step=4, epoch=1, batch=0, status="running"):
-    return {"format": 2, "config": {}, "state": {"model": {}, "state": {"step": step, "epoch": epoch,
-                                                                       "batch_in_epoch": batch, "status": status}}}
+def all_finite(run_dir):
+    model = CheckpointStore(run_dir / "checkpoints", 3).load_states("last.pt")["model"]
+    return all(torch.isfinite(t).all() for t in model.values())
 
 
-def test_describe_names_a_files_kind_and_position_and_refuses_what_is_not_ours():
-    assert describe("checkpoint_epoch_0001.pt", payload()) == {"kind": "epoch", "step": 4, "epoch": 1,
-                                                                "batch_in_epoch": 0}
-    assert describe("checkpoint_step_00000006.pt", payload(6, 1, 2))["kind"] == "step"
-    assert describe("checkpoint_step_00000006.pt", payload(6, 1, 2, "preempted"))["kind"] == "preempt"
-    assert describe("best.pt", payload())["kind"] == "best"
-    no_config = {k: v for k, v in payload().items() if k != "config"}
-    for name, bad in [("no config", no_config), ("a list", [1]), ("format 3", {**payload(), "format": 3}),
-                      ("no model", {"format": 2, "config": {}, "state": {"state": payload()["state"]["state"]}})]:
-        with pytest.raises(CheckpointError, match="not an epochal checkpoint"):
-            describe(name, bad)
-    for state in ({"step": 4, "epoch": 1}, {"step": True, "epoch": 1, "batch_in_epoch": 0}, "not a dict"):
-        with pytest.raises(CheckpointError, match="no step, epoch and batch_in_epoch"):
-            describe("x.pt", {"format": 2, "config": {}, "state": {"model": {}, "state": state}})
+def test_nan_policy_stop_saves_and_fails_with_the_step(tmp_path):
+    result = fit_poisoned(tmp_path, {5}, "stop")
+    assert result.status == "failed" and result.exit_code == 1
+    assert "non-finite loss or gradient norm at step 5" in result.stop_reason
+    assert result.result["metadata"]["bad_steps"] == [5] and result.result["steps"] == 6  # found at the next fetch
+    assert all_finite(result.run_dir)
 
 
-def test_a_format_1_checkpoint_maps_onto_the_registry_names():
-    v1 = {"format": 1, "model": {"w": 1}, "optimizer": {"o": 2}, "scheduler": {"s": 3}, "rng": {"r": 4},
-          "callbacks": {"ema": {"e": 5}}, "scaler": {"c": 6},
-          "state": {"step": 3, "bad_steps": [2], "rollbacks": 1, "should_stop": False}}
-    states = payload_states(v1)
-    assert states == {"model": {"w": 1}, "optimizer": {"o": 2}, "scheduler": {"s": 3}, "state": {"step": 3},
-                      "data": {}, "rng": {"r": 4}, "nan_policy": {"bad_steps": [2], "rollbacks": 1},
-                      "ema": {"e": 5}, "scaler": {"c": 6}}
-    assert "scaler" not in payload_states({**v1, "scaler": None})
-    assert payload_states(payload()) == payload()["state"]
-    with pytest.raises(CheckpointError, match="format 7 is not one this version reads"):
-        payload_states({"format": 7})
+def test_nan_policy_skip_counts_and_continues(tmp_path):
+    with pytest.warns(UserWarning, match="optimizer step skipped"):
+        result = fit_poisoned(tmp_path, {5, 9}, "skip")
+    assert result.status == "completed" and result.result["metadata"]["bad_steps"] == [5, 9]
+    assert all_finite(result.run_dir)
 
 
-@pytest.mark.parametrize("damage", ["missing", "not JSON"])
-def test_a_missing_or_damaged_manifest_is_rebuilt_from_the_files_that_verify(tmp_path, damage):
-    folder = tmp_path / "run" / "checkpoints"  # made by the store
-    store = CheckpointStore(folder, keep_last=3)
-    for step, name in ((4, "checkpoint_epoch_0001.pt"), (6, "checkpoint_step_00000006.pt")):
-        store.write(name, serialize(payload(step, 1, step - 4)), {"kind": "epoch", "step": step})
-    (folder / "checkpoint_epoch_0002.pt").write_bytes(b"cut short by a crash")
-    if damage == "missing":
-        (folder / "manifest.json").unlink()
-    else:
-        (folder / "manifest.json").write_text('{"checkpoints": [')
-    warned = []
-    rebuilt = CheckpointStore(folder, keep_last=3, warn=warned.append).manifest()
-    assert [(e["file"], e["kind"], e["step"], e["batch_in_epoch"], e["rebuilt"]) for e in rebuilt] == [
-        ("checkpoint_epoch_0001.pt", "epoch", 4, 0, True), ("checkpoint_step_00000006.pt", "step", 6, 2, True)]
-    (message,) = warned
-    assert "rebuilt from 2 verified checkpoint file(s)" in message and "checkpoint_epoch_0002.pt" in message
-    assert ("missing while 3 checkpoint file(s) exist" if damage == "missing" else "invalid manifest") in message
-    assert (folder / "checkpoint_epoch_0002.pt").exists()  # unverified files are left alone
+def test_nan_policy_rollback_reloads_and_lowers_the_learning_rate(tmp_path):
+    with pytest.warns(UserWarning, match="rolled back to step 4, learning rate x0.5"):
+        result = fit_poisoned(tmp_path, {6}, "rollback")
+    assert result.status == "completed" and result.result["metadata"]["rollbacks"] == 1
+    history = [json.loads(l) for l in (result.run_dir / "history.jsonl").read_text().splitlines()]
+    steps = [h["step"] for h in history if "epoch_end" not in h]
+    assert steps == list(range(1, 13))  # the rolled-back steps were rewritten, not duplicated
+    lr_after = [h["lr"] for h in history if h.get("step") == 5 and "epoch_end" not in h][0]
+    assert all_finite(result.run_dir) and lr_after > 0
 
 
-def test_an_empty_folder_gets_no_manifest_and_one_with_nothing_verifiable_is_left_as_it_is(tmp_path):
-    warned = []
-    CheckpointStore(tmp_path / "a", keep_last=3, warn=warned.append)
-    assert warned == [] and list((tmp_path / "a").iterdir()) == []
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "checkpoint_epoch_0001.pt").write_bytes(b"junk")
-    CheckpointStore(tmp_path / "b", keep_last=3, warn=warned.append)
-    assert len(warned) == 1 and "no checkpoint file verifies" in warned[0]
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["checkpoint_epoch_0001.pt"]
+def test_nan_policy_rollback_gives_up_after_max_rollbacks(tmp_path):
+    with pytest.warns(UserWarning):
+        result = fit_poisoned(tmp_path, set(range(6, 100)), "rollback", **{"train.max_rollbacks": 2})
+    assert result.status == "failed" and "rollbacks exhausted" in result.stop_reason
+    assert result.result["metadata"]["rollbacks"] == 2
