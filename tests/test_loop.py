@@ -150,9 +150,11 @@ def test_a_run_returns_only_once_its_final_checkpoint_is_complete(run_toy, monke
     assert store.load_states("last.pt")["state"]["step"] == 4
 
 
-def test_evaluation_happens_once_per_epoch_and_once_where_a_step_budget_ends(run_toy):
+def test_steps_are_numbered_by_epoch_and_evaluated_once_per_epoch_and_where_a_step_budget_ends(run_toy):
     by_epochs = run_toy("epochs", settings={"train.max_epochs": 2})
     assert by_epochs.result["eval_steps"] == [4, 8] and len(by_epochs.result["curves"]["eval_mse"]) == 2
+    steps = [h for h in read_history(by_epochs.run_dir) if "epoch_end" not in h]
+    assert [(h["step"], h["epoch"]) for h in steps] == [(s, 1 + (s - 1) // 4) for s in range(1, 9)]
     by_steps = run_toy("steps", settings={"train.max_epochs": 3, "train.max_steps": 6})
     assert by_steps.result["eval_steps"] == [4, 6] and by_steps.result["steps"] == 6
     assert by_steps.stop_reason == "max_steps reached" and by_epochs.stop_reason == "max_epochs reached"
