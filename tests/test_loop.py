@@ -143,7 +143,9 @@ def slow_checkpoint_writes(monkeypatch, seconds):
 
 def test_a_run_returns_only_once_its_final_checkpoint_is_complete(run_toy, monkeypatch):
     slow_checkpoint_writes(monkeypatch, 0.3)
-    result = run_toy("final", settings={"train.max_epochs": 1, "checkpoint.every_epochs": 0})
+    # no epoch or best checkpoints: the final one is the only one
+    result = run_toy("final", settings={"train.max_epochs": 1, "checkpoint.every_epochs": 0,
+                                        "checkpoint.best_metric": ""})
     assert "last.pt" in result.result["checkpoints"] and "checkpoint_epoch_0001.pt" in result.result["checkpoints"]
     assert last_weights(result.run_dir)  # complete and listed: the only checkpoint is the final one
     store = CheckpointStore(result.run_dir / "checkpoints", 3)
