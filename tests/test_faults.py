@@ -113,3 +113,26 @@ def test_epochal_resume_continues_a_killed_run_even_after_the_folder_moved(tmp_p
     assert proc.returncode == 0, proc.stderr
     assert "resuming from checkpoint_" in proc.stdout  # step 6 or epoch 1: the kill may beat the step-6 write
     assert_same_run(tmp_path / "straight", moved)
+
+
+@pytest.mark.slow
+def test_history_after_a_kill_and_resume_has_every_step_exactly_once_and_no_temp_file_is_left(tmp_path):
+    sync = ("--set", "checkpoint.async_write=false", "--set", "train.log_every=1")  # step 6's checkpoint is complete
+    assert run(tmp_path, "killed", *sync, **{KILL_ENV: "8"}).returncode == -signal.SIGKILL
+    path = tmp_path / "killed" / "history.jsonl"
+
+    def lines():
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    assert [h["step"] for h in lines() if "epoch_end" not in h] == list(range(1, 8))  # 7: after the checkpoint
+    folder = tmp_path / "killed"
+    for stale in (".result.json.tmp-4242", ".history.jsonl.tmp-4242", "checkpoints/.manifest.json.tmp-4242"):
+        (folder / stale).write_text("what a write killed half way leaves")
+    proc = run(tmp_path, "killed", "--resume", "auto", *sync)
+    assert proc.returncode == 0, proc.stderr
+    history = lines()
+    assert [h["step"] for h in history if "epoch_end" not in h] == list(range(1, 13))
+    assert [h["epoch"] for h in history if "epoch_end" in h] == [1, 2, 3]
+    result = json.loads((tmp_path / "killed" / "result.json").read_text())
+    assert [h["loss"] for h in history if "epoch_end" not in h] == result["curves"]["train_loss"]
+    assert not list(folder.rglob("*.tmp-*"))  # the resume cleared what the killed writes left

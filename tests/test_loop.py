@@ -103,3 +103,60 @@ def test_no_host_sync_per_step_between_log_intervals(monkeypatch, run_toy):
     long = count_host_syncs(monkeypatch, run_toy, 64 * 32)
     assert short > 0  # the counter sees the end-of-epoch fetch and the evaluation
     assert long == short
+
+
+# --- settings that must matter end to end ---------------------------------------------------------
+
+def last_weights(run_dir):
+    return CheckpointStore(run_dir / "checkpoints", 3).load_states("last.pt")["model"]
+
+
+def test_a_nonzero_seed_changes_the_run_and_is_reproducible(run_toy):
+    one = {"train.max_epochs": 1, "task.dropout": 0.2}  # dropout: the seed reaches the step's draws too
+    default = run_toy("seed0", settings=one)
+    first, again = (run_toy(name, settings={**one, "train.seed": 7}) for name in ("seed7", "seed7-again"))
+    assert first.result["curves"] == again.result["curves"]
+    assert all(torch.equal(a, b) for a, b in zip(last_weights(first.run_dir).values(),
+                                                 last_weights(again.run_dir).values()))
+    assert first.result["curves"]["train_loss"] != default.result["curves"]["train_loss"]
+    assert any(not torch.equal(a, b) for a, b in zip(last_weights(first.run_dir).values(),
+                                                     last_weights(default.run_dir).values()))
+    assert json.loads((first.run_dir / "env.json").read_text())["data"]["tensors_sha256"] != \
+        json.loads((default.run_dir / "env.json").read_text())["data"]["tensors_sha256"]
+
+
+def slow_checkpoint_writes(monkeypatch, seconds):
+    """Checkpoint files take ``seconds`` to write: one still in flight when it should be done would show."""
+    import time
+
+    from epochal import io
+
+    real = io._write
+
+    def slow(path, f, data):
+        if str(path).endswith(".pt"):
+            time.sleep(seconds)
+        real(path, f, data)
+
+    monkeypatch.setattr(io, "_write", slow)
+
+
+def test_a_run_returns_only_once_its_final_checkpoint_is_complete(run_toy, monkeypatch):
+    slow_checkpoint_writes(monkeypatch, 0.3)
+    # no epoch or best checkpoints: the final one is the only one
+    result = run_toy("final", settings={"train.max_epochs": 1, "checkpoint.every_epochs": 0,
+                                        "checkpoint.best_metric": ""})
+    assert "last.pt" in result.result["checkpoints"] and "checkpoint_epoch_0001.pt" in result.result["checkpoints"]
+    assert last_weights(result.run_dir)  # complete and listed: the only checkpoint is the final one
+    store = CheckpointStore(result.run_dir / "checkpoints", 3)
+    assert store.load_states("last.pt")["state"]["step"] == 4
+
+
+def test_steps_are_numbered_by_epoch_and_evaluated_once_per_epoch_and_where_a_step_budget_ends(run_toy):
+    by_epochs = run_toy("epochs", settings={"train.max_epochs": 2})
+    assert by_epochs.result["eval_steps"] == [4, 8] and len(by_epochs.result["curves"]["eval_mse"]) == 2
+    steps = [h for h in read_history(by_epochs.run_dir) if "epoch_end" not in h]
+    assert [(h["step"], h["epoch"]) for h in steps] == [(s, 1 + (s - 1) // 4) for s in range(1, 9)]
+    by_steps = run_toy("steps", settings={"train.max_epochs": 3, "train.max_steps": 6})
+    assert by_steps.result["eval_steps"] == [4, 6] and by_steps.result["steps"] == 6
+    assert by_steps.stop_reason == "max_steps reached" and by_epochs.stop_reason == "max_epochs reached"

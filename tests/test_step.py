@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from epochal.optim import build_adamw
-from epochal.step import Step
+from epochal.step import Step, StepRecords
 
 
 def mse(model, batch):
@@ -162,3 +163,98 @@ def test_accumulated_gradient_equals_the_whole_batch_gradient(name, tmp_path):
     scale = max(g.abs().max() for g in whole)
     assert max((a - b).abs().max() for a, b in zip(whole, split)) <= 1e-5 * scale
     assert torch.allclose(whole_values["loss"], split_values["loss"], rtol=1e-5)
+
+
+# --- grad_clip = 0 and a short last batch, end to end and at the step -------------------------------
+
+from epochal.tasks.toy import ToyTask  # noqa: E402
+
+
+class SteepToy(ToyTask):
+    """The toy task with its loss scaled up: gradient norms far above 1, so any clipping shows."""
+
+    name = "toy"
+
+    def loss(self, model, batch):
+        return {"loss": 1000 * super().loss(model, batch)["loss"]}
+
+
+def clipped_run(tmp_path, grad_clip):
+    from epochal import run
+    from epochal.checkpoint import CheckpointStore
+
+    result = run(SteepToy(), overrides={"train.max_epochs": 1, "train.progress": False, "task.n_train": 256,
+                                        "task.n_eval": 16, "train.grad_clip": grad_clip, "log.plots": False,
+                                        "train.log_every": 1},
+                 out_dir=tmp_path, experiment_id=f"clip-{grad_clip}", log=lambda _: None)
+    model = CheckpointStore(result.run_dir / "checkpoints", 3).load_states("last.pt")["model"]
+    history = [json.loads(line) for line in (result.run_dir / "history.jsonl").read_text().splitlines()]
+    return model, [h["grad_norm"] for h in history if "grad_norm" in h]
+
+
+def test_grad_clip_zero_is_off_equal_to_an_unclipped_run_and_unlike_a_clipped_one(tmp_path):
+    off, norms = clipped_run(tmp_path, 0.0)
+    never_reached, _ = clipped_run(tmp_path, 1e12)  # clip_grad_norm_ scales by exactly 1.0: the unclipped update
+    clipped, _ = clipped_run(tmp_path, 1.0)
+    assert min(norms) > 1.0  # every step's gradient is one that clipping at 1.0 would change
+    assert all(torch.equal(off[k], never_reached[k]) for k in off)
+    assert any(not torch.equal(off[k], clipped[k]) for k in off)
+
+
+def sgd_step(model, grad_accum, loss_fn):
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return Step(model, loss_fn, opt, sched, torch.device("cpu"), "fp32", 0.0, grad_accum)
+
+
+def summed(model, batch):
+    return F.mse_loss(model(batch["x"]), batch["y"], reduction="sum"), batch["y"].numel()
+
+
+@pytest.mark.parametrize("loss_fn", [mse, summed], ids=["mean", "sum-count"])
+def test_grad_accum_larger_than_a_short_batch_gives_the_whole_batch_gradient(loss_fn):
+    torch.manual_seed(0)
+    model = nn.Linear(8, 3)
+    reference = copy.deepcopy(model)
+    short = batch(n=5)  # the last batch of an epoch: fewer examples than micro-batches
+    out = sgd_step(model, grad_accum=16, loss_fn=loss_fn)(short)
+    whole = F.mse_loss(reference(short["x"]), short["y"])
+    whole.backward()
+    assert torch.allclose(out["loss"], whole.detach(), rtol=1e-6)
+    for p, q in zip(model.parameters(), reference.parameters()):  # SGD at lr 1: the update is the gradient
+        assert torch.allclose(p, q.detach() - q.grad, atol=1e-6)
+
+
+def test_grad_accum_larger_than_the_last_batch_trains_like_whole_batches_end_to_end(tmp_path):
+    from epochal import run
+
+    def go(grad_accum):
+        return run("toy", overrides={"train.max_epochs": 2, "train.progress": False, "task.n_train": 200,
+                                     "task.n_eval": 16, "train.grad_accum": grad_accum, "log.plots": False},
+                   out_dir=tmp_path, experiment_id=f"accum-{grad_accum}", log=lambda _: None)
+
+    whole, accumulated = go(1), go(16)  # batches of 64, 64, 64 and 8: the last one is shorter than 16
+    assert accumulated.status == "completed" and accumulated.result["steps"] == whole.result["steps"] == 8
+    a, b = whole.result["curves"]["train_loss"], accumulated.result["curves"]["train_loss"]
+    assert a[0] == pytest.approx(b[0], rel=1e-6) and b == pytest.approx(a, rel=1e-3)
+
+
+# --- the per-step records the loop fetches ---------------------------------------------------------
+
+
+def test_step_records_come_back_numbered_with_their_learning_rates_and_are_then_gone():
+    records = StepRecords()
+    assert records.fetch(last_step=0, epoch=1) == []
+    for i, lr in enumerate([0.1, 0.2, 0.3]):
+        records.write({"loss": torch.tensor(float(i)), "grad_norm": torch.tensor(10.0 + i)}, lr)
+    fetched = records.fetch(last_step=7, epoch=2)
+    assert fetched == [{"step": 5, "epoch": 2, "lr": 0.1, "loss": 0.0, "grad_norm": 10.0},
+                       {"step": 6, "epoch": 2, "lr": 0.2, "loss": 1.0, "grad_norm": 11.0},
+                       {"step": 7, "epoch": 2, "lr": 0.3, "loss": 2.0, "grad_norm": 12.0}]
+    assert records.fetch(last_step=7, epoch=2) == []
+    records.write({"loss": torch.tensor(5.0), "grad_norm": torch.tensor(1.0)}, 0.5)
+    assert records.fetch(last_step=8, epoch=2) == [{"step": 8, "epoch": 2, "lr": 0.5, "loss": 5.0, "grad_norm": 1.0}]
+    for _ in range(4):  # unfetched steps, then discarded (a rollback replaces those steps)
+        records.write({"loss": torch.tensor(1.0), "grad_norm": torch.tensor(1.0)}, 0.5)
+    records.discard()
+    assert records.fetch(last_step=12, epoch=3) == []

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import safetensors.torch
 import torch
 
-from epochal.errors import CheckpointError
+from epochal.errors import CheckpointError, EpochalError
 from epochal.io import TEMP_MARK, WriteError, atomic_write_bytes, atomic_write_text, fsync_dir
 from epochal.records import checkpoint_files
 
@@ -306,9 +306,14 @@ class CheckpointStore:
         return others
 
     def _retain(self, entries: list[dict]) -> list[dict]:
-        """Drop the oldest rolling checkpoints beyond keep_last; only files the manifest lists are deleted."""
-        rolling = sorted((e for e in entries if e["kind"] in ROLLING_KINDS), key=lambda e: e["step"])
-        drop = {e["file"] for e in rolling[: max(0, len(rolling) - self.keep_last)]}
+        """One rolling checkpoint a step, the newest written (a step saved twice, e.g. a preemption at an
+        epoch's last batch and, after the resume, that epoch's end, supersedes itself), and of those the
+        last keep_last; only files the manifest lists are deleted."""
+        rolling = [e for e in entries if e["kind"] in ROLLING_KINDS]
+        newest_at = {e["step"]: e["file"] for e in rolling}  # entries are in the order they were written
+        drop = {e["file"] for e in rolling if newest_at[e["step"]] != e["file"]}
+        distinct = sorted((e for e in rolling if e["file"] not in drop), key=lambda e: e["step"])
+        drop |= {e["file"] for e in distinct[: max(0, len(distinct) - self.keep_last)]}
         for name in drop:
             path = self.folder / name
             if path.is_file() and not path.is_symlink():
@@ -333,24 +338,29 @@ class CheckpointStore:
 
 
 class BackgroundWriter:
-    """One write at a time on a worker thread; errors surface at the next submit or wait."""
+    """One write at a time on a worker thread; errors surface at the next submit or wait.
+
+    Whatever a write raises reaches the training thread as a CheckpointError naming the
+    file (a bug or an unpicklable state is one line too, not a traceback); nothing is
+    swallowed, so a run whose checkpoint failed never ends as completed.
+    """
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def submit(self, job) -> None:
+    def submit(self, job: Callable[[], None], what: str = "checkpoint") -> None:
         self.wait()
         if not self.enabled:
-            job()
+            _checked(job, what)
             return
-        self._thread = threading.Thread(target=self._run, args=(job,), name="epochal-checkpoint", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(job, what), name="epochal-checkpoint", daemon=True)
         self._thread.start()
 
-    def _run(self, job) -> None:
+    def _run(self, job: Callable[[], None], what: str) -> None:
         try:
-            job()
+            _checked(job, what)
         except BaseException as err:  # reported on the training thread
             self._error = err
 
@@ -361,3 +371,15 @@ class BackgroundWriter:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+
+def _checked(job: Callable[[], None], what: str) -> None:
+    """Run a write; an error that is not already one line for the user becomes one (the cause stays chained)."""
+    try:
+        job()
+    except EpochalError:
+        raise
+    except Exception as err:
+        detail = (str(err).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{what}: cannot write checkpoint ({type(err).__name__}: {detail}); "
+                              f"earlier checkpoints are intact") from err

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from epochal.errors import ConfigError, EpochalError
-from epochal.io import WriteError, atomic_write_text
+from epochal.io import TEMP_MARK, WriteError, atomic_write_text
 from epochal.lock import LOCK_NAME, FolderLock
 
 LOCK = LOCK_NAME
@@ -175,10 +175,20 @@ class RunFolder:
                 return False
             if resume != "never" and not existing and occupied:
                 self.clear()  # nothing to resume: start from step 0 in a clean folder
+            if resume != "never" and existing:
+                self.remove_stale_temps()
             return resume != "never" and existing
         except BaseException:
             self.release()
             raise
+
+    def remove_stale_temps(self) -> None:
+        """Delete the temporary files a killed write left (``.<name>.tmp-<pid>``, never a complete file):
+        this process holds the lock, so no other one is writing them."""
+        for folder in (self.path, *(p for p in self.path.iterdir() if p.is_dir() and not p.is_symlink())):
+            for stale in folder.glob(f".*{TEMP_MARK}*"):
+                if stale.is_file() and not stale.is_symlink():
+                    stale.unlink(missing_ok=True)
 
     def remove_created(self, created: Path | None, everything: bool = False) -> None:
         """Undo a failed start: the folders this start made (``created`` and below), never anything older.

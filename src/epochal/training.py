@@ -231,7 +231,7 @@ class Run:
             for link in links:
                 store.link(name, link)
 
-        self.writer.submit(write)
+        self.writer.submit(write, str(store.folder / name))
         if any(save.wait for save in saves):
             self.writer.wait()
 

@@ -59,3 +59,12 @@ def test_the_rollback_count_is_checkpointed_so_max_rollbacks_holds_across_a_resu
     assert stopped.status == "preempted" and stopped.result["metadata"]["rollbacks"] == 1
     resumed = train(tmp_path, "r", {2}, overrides=limit, resume="must")  # call 2 of the new process: step 11
     assert resumed.status == "failed" and "rollbacks exhausted" in resumed.stop_reason
+
+
+def test_a_rollback_waits_for_the_checkpoint_still_being_written(tmp_path, monkeypatch):
+    from test_loop import slow_checkpoint_writes
+
+    slow_checkpoint_writes(monkeypatch, 0.3)  # step 4's checkpoint is still in flight when step 6 goes bad
+    with pytest.warns(UserWarning, match="rolled back to step 4"):
+        result = train(tmp_path, "slow-disk", bad_calls={6}, overrides={"train.max_epochs": 2})
+    assert result.status == "completed" and result.result["metadata"]["rollbacks"] == 1
