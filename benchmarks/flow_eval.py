@@ -16,10 +16,9 @@ judged by one yardstick:
   independent check of the sliced distance.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/flow_eval.py
-    git archive <base> src configs | tar -x -C /tmp/before      # then, before and after interleaved
-    # (checkouts before the recipes moved into the package keep them in configs/):
+    git archive <base> | tar -x -C /tmp/before      # then, before and after interleaved:
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/flow_eval.py \
-        --before-src /tmp/before/src --before-configs /tmp/before/configs
+        --before-src /tmp/before/src --before-configs /tmp/before/src/epochal/recipes
     PYTHONPATH=src python benchmarks/flow_eval.py --score-only          # rescore the saved runs
 
 Timings are min / median / max over the seeds; run with one thread, since other

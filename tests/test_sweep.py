@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from epochal.checkpoint import read_manifest
 from epochal.cli import main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -148,7 +149,8 @@ def test_sweep_killed_mid_trial_resumes_to_the_same_results(grid_sweep, tmp_path
     sweep_dir = tmp_path / "killed"
     unfinished = [f for f in run_folders(sweep_dir).values() if not (f / "result.json").exists()
                   or result(f)["status"] == "running"]
-    mid_run = [f for f in unfinished if (f / "checkpoints" / "checkpoint_step_00000004.pt").exists()]
+    # Step 4 ends a 4-step epoch: its checkpoint is the epoch's file (one file a step).
+    mid_run = [f for f in unfinished if 4 in [e["step"] for e in read_manifest(f / "checkpoints")]]
     assert mid_run, "the kill should leave a run with a checkpoint and no final result"
 
     code, out, _ = cli(capsys, "sweep", "--resume", sweep_dir, "--workers", 2)
