@@ -18,7 +18,8 @@ import torch
 import epochal
 from epochal.audit import first_difference, weights_hash
 from epochal.data import make_batches
-from epochal.distributed import World
+from epochal.distributed import ALONE, RanksRNG, World
+from epochal.state import capture_rng
 from epochal.errors import ConfigError
 from epochal.faults import DELAY_ENV, KILL_ENV
 
@@ -246,3 +247,17 @@ def test_a_run_folder_another_rank_cannot_see_is_refused_in_one_line(tmp_path, l
     assert output.count(f"epochal: error: out_dir: {tmp_path}/shared/r made by rank 0 on ") == 1, output
     assert "is not visible to rank 1 on " in output
     assert not (tmp_path / "shared" / "r").exists()
+
+
+def test_the_rng_entry_of_one_process_replays_its_draws_and_reads_older_and_wider_checkpoints():
+    torch.manual_seed(5)
+    saved = RanksRNG(ALONE).state_dict()
+    first = torch.rand(3)
+    RanksRNG(ALONE).load_state_dict(saved)
+    assert torch.equal(torch.rand(3), first) and len(saved["ranks"]) == 1
+    RanksRNG(ALONE).load_state_dict(saved["ranks"][0])  # a checkpoint holding one bare state
+    assert torch.equal(torch.rand(3), first)
+    torch.manual_seed(6)
+    other, rank_1_draws = capture_rng(), torch.rand(3)
+    RanksRNG(World(rank=1, size=2)).load_state_dict({"ranks": [saved["ranks"][0], other]})  # rank 1 takes its own
+    assert torch.equal(torch.rand(3), rank_1_draws)

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import torch
 
-from epochal.state import RNGState, TrainState, capture_rng, restore_rng, seed_everything
+from epochal.state import TrainState, capture_rng, restore_rng, seed_everything
 
 
 def test_the_epoch_loss_is_the_mean_of_its_finite_steps_and_zero_when_none_is():
@@ -39,7 +39,7 @@ def draws():
 
 def test_restoring_the_rng_replays_every_generator():
     seed_everything(3, deterministic=False)
-    saved = RNGState().state_dict()
+    saved = capture_rng()
     first = draws()
     restore_rng(saved)
     assert draws() == first

@@ -191,9 +191,10 @@ ALONE = World()  # a process on its own: what everything assumes unless torchrun
 
 
 class RanksRNG:
-    """Every rank's random generators, as one registry entry: gathered to rank 0 when saving, and each
-    rank takes back its own on resume. A checkpoint of another world size gives rank k the states of
-    rank k modulo that size (the data continues exactly; random draws differ, and the resume says so)."""
+    """Every global generator a step may draw from, for every rank, as one registry entry (a single
+    process is a world of one): gathered to rank 0 when saving, and each rank takes back its own on
+    resume. A checkpoint of another world size gives rank k the states of rank k modulo that size
+    (the data continues exactly; random draws differ, and the resume says so)."""
 
     def __init__(self, world: World):
         self.world = world
@@ -202,7 +203,7 @@ class RanksRNG:
         return {"ranks": self.world.gather(capture_rng()) or []}
 
     def load_state_dict(self, state: dict) -> None:
-        ranks = state.get("ranks") or [state]  # a single process's checkpoint holds one state
+        ranks = state.get("ranks") or [state]  # checkpoints before torchrun support held one bare state
         restore_rng(ranks[self.world.rank % len(ranks)])
 
 

@@ -55,16 +55,6 @@ class TrainState:
         self.curves = {name: values.tolist() for name, values in state["curves"].items()}
 
 
-class RNGState:
-    """Every global generator a step may draw from, as a registry entry."""
-
-    def state_dict(self) -> dict:
-        return capture_rng()
-
-    def load_state_dict(self, state: dict) -> None:
-        restore_rng(state["ranks"][0] if "ranks" in state else state)  # torchrun's checkpoints hold every rank's
-
-
 def capture_rng() -> dict:
     """Every generator a training step may draw from, as plain tensors and tuples (weights_only-safe)."""
     numpy_state = np.random.get_state(legacy=False)

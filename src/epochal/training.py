@@ -32,7 +32,7 @@ from epochal.optim import build_adamw, make_schedule, resolve_warmup_steps
 from epochal.records import RunFolder
 from epochal.registry import StateRegistry
 from epochal.signals import PreemptionSignals
-from epochal.state import RNGState, TrainState, capture_rng, restore_rng
+from epochal.state import TrainState, capture_rng, restore_rng
 from epochal.step import Step, StepRecords, autocast
 from epochal.tasks import Built, RunContext, Task
 
@@ -97,7 +97,7 @@ class Run:
             registry.register("scaler", self.step.scaler)
         registry.register("state", self.state)
         registry.register("data", self.batches)
-        registry.register("rng", RanksRNG(self.world) if self.world.size > 1 else RNGState())
+        registry.register("rng", RanksRNG(self.world))
         for callback in self.callbacks:
             if callback.key:
                 registry.register(callback.key, callback, weights=provides_weights(callback))
