@@ -30,7 +30,7 @@ import safetensors.torch
 import torch
 
 from epochal.errors import CheckpointError, EpochalError
-from epochal.io import TEMP_MARK, WriteError, atomic_write_bytes, atomic_write_text, fsync_dir
+from epochal.io import WriteError, atomic_write_bytes, atomic_write_text, fsync_dir, remove_stale_temps, temp_path
 from epochal.records import checkpoint_files
 
 MANIFEST = "manifest.json"
@@ -221,8 +221,7 @@ class CheckpointStore:
         if not writes:  # a rank other than 0 under torchrun: it reads what rank 0 writes, and nothing more
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in self.folder.glob(f".*{TEMP_MARK}*"):
-            stale.unlink(missing_ok=True)
+        remove_stale_temps(self.folder)
         self._repair(warn)
 
     def manifest(self) -> list[dict]:
@@ -284,7 +283,7 @@ class CheckpointStore:
         with self._lock:
             entries = self._unlist(name)
             entry = next(e for e in entries if e["file"] == source)
-            tmp = self.folder / f".{name}{TEMP_MARK}{os.getpid()}"
+            tmp = temp_path(self.folder / name)
             try:
                 tmp.unlink(missing_ok=True)
                 os.link(self.folder / source, tmp)

@@ -44,6 +44,14 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
 
 
+def remove_stale_temps(folder: Path) -> None:
+    """Delete the temporary files killed writes left in ``folder`` (never a complete file); the caller
+    holds the folder's lock, so no other process is writing them."""
+    for stale in Path(folder).glob(f".*{TEMP_MARK}*"):
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename in ``path`` durable: the folder entry is data too."""
     fd = os.open(path, os.O_RDONLY)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from epochal.errors import ConfigError, EpochalError
-from epochal.io import TEMP_MARK, WriteError, atomic_write_text
+from epochal.io import WriteError, atomic_write_text, remove_stale_temps
 from epochal.lock import LOCK_NAME, FolderLock
 
 LOCK = LOCK_NAME
@@ -186,9 +186,7 @@ class RunFolder:
         """Delete the temporary files a killed write left (``.<name>.tmp-<pid>``, never a complete file):
         this process holds the lock, so no other one is writing them."""
         for folder in (self.path, *(p for p in self.path.iterdir() if p.is_dir() and not p.is_symlink())):
-            for stale in folder.glob(f".*{TEMP_MARK}*"):
-                if stale.is_file() and not stale.is_symlink():
-                    stale.unlink(missing_ok=True)
+            remove_stale_temps(folder)
 
     def remove_created(self, created: Path | None, everything: bool = False) -> None:
         """Undo a failed start: the folders this start made (``created`` and below), never anything older.
