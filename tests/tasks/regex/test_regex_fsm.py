@@ -58,17 +58,25 @@ def test_dfa_agrees_with_re_fullmatch_on_random_longer_strings(pattern, string):
 
 
 def distinguishable(dfa: DFA, p: int, q: int) -> bool:
-    """Some suffix shorter than the number of states leads exactly one of p, q to acceptance."""
-    for suffix in all_strings("".join(dfa.alphabet), dfa.n_states - 1):
-        ends = []
-        for start in (p, q):
-            state = start
-            for symbol in dfa.encode(suffix):
-                state = dfa.transitions[state, symbol]
-            ends.append(dfa.accepting[state])
-        if ends[0] != ends[1]:
+    """Some suffix leads exactly one of p, q to acceptance: a search over the pairs of states that the same
+    suffix reaches from (p, q), polynomial in the states (listing every suffix is exponential)."""
+    seen, frontier = {(p, q)}, [(p, q)]
+    while frontier:
+        a, b = frontier.pop()
+        if bool(dfa.accepting[a]) != bool(dfa.accepting[b]):
             return True
+        for symbol in range(len(dfa.alphabet)):
+            pair = (int(dfa.transitions[a, symbol]), int(dfa.transitions[b, symbol]))
+            if pair not in seen:
+                seen.add(pair)
+                frontier.append(pair)
     return False
+
+
+def test_distinguishable_tells_equivalent_states_from_different_ones():
+    # (a|b)*a with a redundant copy of the accepting state: states 1 and 2 accept the same suffixes.
+    dfa = DFA(("a", "b"), np.array([[1, 0], [2, 0], [1, 0]]), np.array([False, True, True]))
+    assert distinguishable(dfa, 0, 1) and distinguishable(dfa, 0, 2) and not distinguishable(dfa, 1, 2)
 
 
 @settings(max_examples=40, deadline=None)
