@@ -133,18 +133,18 @@ def test_evaluation_leaves_the_training_random_stream_untouched(run_toy):
 
 def test_a_checkpoint_written_before_the_state_registry_resumes_to_the_golden_result(tmp_path):
     """tests/golden/toy-v1-preempted: the toy golden case preempted at step 5 by the format-1 loop."""
-    import json
     import shutil
-    from pathlib import Path
 
+    from golden.cases import GOLDEN, captures, machine, mismatch
     from epochal import run
     from epochal.audit import weights_hash
 
-    golden = Path(__file__).parent / "golden"
-    shutil.copytree(golden / "toy-v1-preempted", tmp_path / "toy-v1-preempted")
+    shutil.copytree(GOLDEN / "toy-v1-preempted", tmp_path / "toy-v1-preempted")
     config = tmp_path / "toy-v1-preempted" / "config.toml"
     resumed = run("toy", config, out_dir=tmp_path, resume="must", log=lambda _: None)
-    expected = json.loads((golden / "toy.json").read_text())
     assert resumed.status == "completed"
-    assert resumed.result["curves"]["train_loss"] == expected["train_loss"]
-    assert weights_hash(resumed.run_dir) == expected["weights_sha256"]
+    now = {"train_loss": resumed.result["curves"]["train_loss"], "weights_sha256": weights_hash(resumed.run_dir)}
+    # The checkpoint's machine wrote the first capture: the resumed steps are bit-equal there and within the
+    # tolerance on another machine (whose kernels would have rounded the first five steps differently too).
+    problem = mismatch(captures("toy")[:1], now, machine())
+    assert problem is None, problem
