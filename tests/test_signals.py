@@ -39,9 +39,10 @@ def test_a_signal_once_the_run_folder_exists_leaves_a_preempted_resumable_run(tm
     assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "completed"
 
 
-def test_a_signal_before_any_run_folder_is_one_line_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("delay", [0.1, 0.3, 0.6])
+def test_a_signal_before_any_run_folder_is_one_line_and_writes_nothing(tmp_path, delay):
     proc = start(tmp_path, "toy")
-    time.sleep(0.3)  # inside the interpreter's start-up or the CLI's imports, long before a folder exists
+    time.sleep(delay)  # in the interpreter's start-up or the CLI's imports (torch's import takes NumPy's), before a folder
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert not (tmp_path / "r").exists()
@@ -68,3 +69,50 @@ def test_under_torchrun_a_signal_counts_once_the_ranks_agree_and_a_second_sigint
     assert alone.name == "SIGTERM"
     with pytest.raises(KeyboardInterrupt):
         alone._handle(signal.SIGINT, None)
+
+
+def signal_during_import(tmp_path, monkeypatch, name):
+    """Import a module that signals this process (SIGUSR1) in its body, as a scheduler could at any moment."""
+    (tmp_path / f"{name}.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGUSR1)\n"
+                                         "time.sleep(0.01)\nfinished = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return __import__(name)
+
+
+@pytest.fixture
+def outside_runs():
+    from epochal.signals import interrupt_outside_runs
+
+    previous = signal.signal(signal.SIGUSR1, interrupt_outside_runs)
+    yield
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_signal_inside_an_import_is_raised_once_the_import_has_finished(tmp_path, monkeypatch, outside_runs):
+    from epochal.signals import Interrupted
+
+    module = None
+    with pytest.raises(Interrupted, match="interrupted by SIGUSR1 while no run was training") as raised:
+        module = signal_during_import(tmp_path, monkeypatch, "signals_then_finishes")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert module is not None and module.finished  # the import was not cut short
+    assert raised.value.exit_code == 128 + signal.SIGUSR1
+
+
+def test_a_run_that_starts_after_an_import_took_a_signal_has_received_it(tmp_path, monkeypatch, outside_runs):
+    from epochal.signals import PreemptionSignals
+
+    class Counted(PreemptionSignals):
+        handled = 0
+
+        def _handle(self, signum, frame):
+            self.handled += 1
+            super()._handle(signum, frame)
+
+    signal_during_import(tmp_path, monkeypatch, "signals_before_the_run")
+    with Counted() as signals:
+        assert signals.received == signal.SIGUSR1
+        time.sleep(0.2)  # long after the held signal would have been delivered again
+    assert signals.handled == 1

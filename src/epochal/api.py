@@ -25,7 +25,7 @@ from epochal.lock import LockHeld
 from epochal.records import RunFolder, check_run_names, default_run_id
 from epochal.resolve import resolve_config
 from epochal.training import Run
-from epochal.signals import PREEMPTED_EXIT_CODE, PreemptionSignals
+from epochal.signals import PREEMPTED_EXIT_CODE, Interrupted, PreemptionSignals
 from epochal.state import seed_everything
 from epochal.tasks import RunContext, Task
 from epochal.warm_start import warm_start
@@ -117,7 +117,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
         config.experiment_id = world.broadcast(config.experiment_id)  # rank 0's, drawn or renamed above
         folder = RunFolder(config.run_dir, writes=world.main)
         if signals.received is not None:
-            raise EpochalError(f"interrupted by {signals.name} before the run folder was made; nothing was written")
+            raise Interrupted(signals.received)  # before the run folder was made
         created = _first_missing(folder.path)
         existing = world.broadcast(world.together(
             lambda: _claim(folder, config, resume, overwrite, created) if world.main else None))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from epochal._version import __version__
 from epochal.errors import ConfigError, EpochalError
-from epochal.signals import PREEMPT_SIGNALS
+from epochal.signals import PREEMPT_SIGNALS, Interrupted, interrupt_outside_runs
 
 SHORTHANDS = {  # flag -> dotted config key
     "epochs": "train.max_epochs",
@@ -290,25 +290,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "report": cmd_report, "tasks": cmd_tasks, "recipe": cmd_recipe,
             "audit": cmd_audit, "sweep": cmd_sweep, "runs": cmd_runs, "compare": cmd_compare}
 
-class Interrupted(EpochalError):
-    """A preemption signal outside training (while starting up, before a run folder exists)."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} before any run was training; "
-                         "nothing was left half-written")
-        self.exit_code = 128 + signum
-
-
-def _interrupt(signum, frame):
-    raise Interrupted(signum)
-
 
 def main(argv: list[str] | None = None) -> int:
     # Until a run installs its own handlers (signals.py), a signal ends the command with one line.
-    previous = {sig: signal.signal(sig, _interrupt) for sig in PREEMPT_SIGNALS} if _main_thread() else {}
+    previous = {sig: signal.signal(sig, interrupt_outside_runs) for sig in PREEMPT_SIGNALS} if _main_thread() else {}
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
+    except Interrupted as err:
+        print(f"epochal: error: {_rank()}{err}", file=sys.stderr)
+        return err.exit_code
     except EpochalError as err:
         if not getattr(err, "quiet", False):  # a quiet error is one rank 0 of torchrun's processes reports
             print(f"epochal: error: {_rank()}{err}", file=sys.stderr)

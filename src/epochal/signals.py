@@ -13,6 +13,7 @@ forwarded by torchrun), and torchrun kills its workers 30 s after it forwards a 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -20,6 +21,56 @@ import threading
 # "try again later", which is what a scheduler's requeue should read.
 PREEMPTED_EXIT_CODE = 75
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class Interrupted(BaseException):
+    """A preemption signal while no run is training: before a run folder exists, or between runs.
+
+    Not an Exception, like KeyboardInterrupt: libraries guard optional code with ``except Exception``,
+    and one that swallowed it would carry on as if no signal had come.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} while no run was training; "
+                         "nothing was left half-written")
+        self.exit_code = 128 + signum
+
+
+def interrupt_outside_runs(signum, frame) -> None:
+    """The CLI's handler until a run installs its own: the command ends with one line (``Interrupted``)."""
+    if _inside_import(frame):
+        _defer(signum)
+        return
+    raise Interrupted(signum)
+
+
+_deferred: list[int] = []  # a signal that came inside an import and still waits to be handled
+
+
+def _defer(signum: int) -> None:
+    """Hold a signal that came inside an import. An error raised there can be swallowed by C code that
+    imports an optional module (torch imports NumPy so), leaving a half-imported module behind. The
+    signal is delivered again shortly to whichever handler is installed then, unless a run takes it first."""
+    _deferred.append(signum)
+    timer = threading.Timer(0.05, _deliver_deferred)
+    timer.daemon = True
+    timer.start()
+
+
+def _deliver_deferred() -> None:
+    try:
+        signum = _deferred.pop()
+    except IndexError:
+        return  # a run took it (PreemptionSignals.__enter__)
+    os.kill(os.getpid(), signum)
+
+
+def _inside_import(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 class PreemptionSignals:
@@ -55,6 +106,8 @@ class PreemptionSignals:
     def __enter__(self) -> "PreemptionSignals":
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handle) for sig in PREEMPT_SIGNALS}
+        while _deferred:  # a signal that came while this process was importing, before the run began
+            self._handle(_deferred.pop(), None)
         return self
 
     def __exit__(self, *exc) -> None:
