@@ -91,6 +91,46 @@ def test_non_finite_loss_or_gradient_skips_the_update(loss_fn):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_a_finite_step_after_a_skipped_one_updates_the_weights():
+    torch.manual_seed(0)
+    model = nn.Linear(8, 3)
+    step = make_step(model)
+    step.loss_fn = poisoned_loss
+    step(batch())
+    before = [p.detach().clone() for p in model.parameters()]
+    step.loss_fn = mse
+    out = step(batch())
+    assert torch.isfinite(out["loss"] + out["grad_norm"])
+    assert not any(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_non_finite_flag_names_any_bad_value_and_leaves_the_values_alone(bad, dtype):
+    step = make_step(nn.Linear(8, 3))
+    finite, other = torch.tensor(1.5, dtype=dtype), torch.tensor(2.0)
+    step._flag_nonfinite([finite, other])
+    assert step.found_inf.item() == 0.0
+    step._flag_nonfinite([finite, torch.tensor(bad)])
+    assert step.found_inf.item() == 1.0
+    step._flag_nonfinite([torch.tensor(bad, dtype=dtype), other])
+    assert step.found_inf.item() == 1.0
+    assert finite.item() == 1.5 and other.item() == 2.0
+
+
+def test_a_component_the_loss_function_keeps_and_changes_later_is_recorded_as_it_was():
+    kept = torch.zeros(())
+
+    def counting(model, batch):
+        kept.add_(1)  # e.g. a running count in a buffer of the model
+        return {"loss": F.mse_loss(model(batch["x"]), batch["y"]), "seen": kept}
+
+    step, records = make_step(nn.Linear(8, 3), loss_fn=counting), StepRecords()
+    for _ in range(3):
+        records.write(step(batch()), 0.1)
+    assert [r["seen"] for r in records.fetch(last_step=3, epoch=1)] == [1.0, 2.0, 3.0]
+
+
 def test_components_are_returned_next_to_the_loss():
     def two_part(model, batch):
         a = F.mse_loss(model(batch["x"]), batch["y"])

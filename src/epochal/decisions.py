@@ -48,12 +48,13 @@ Decision = Union[Continue, Save, RollBack, Stop]
 DECISION_TYPES = (Continue, Save, RollBack, Stop)
 
 
-def as_decisions(returned: object, source: str) -> list[Decision]:
-    """A callback's return value as a list of decisions; anything else is a programming error."""
+def as_decisions(returned: object, callback: object, event: str) -> list[Decision]:
+    """What ``callback.event`` returned as a list of decisions; anything else is a programming error."""
     if returned is None:
         return []
     items = returned if isinstance(returned, (list, tuple)) else [returned]
     for item in items:
         if not isinstance(item, DECISION_TYPES):
-            raise TypeError(f"{source} returned {item!r}; allowed: None, Continue, Save, RollBack, Stop or a list of them")
+            raise TypeError(f"{type(callback).__name__}.{event} returned {item!r}; allowed: None, Continue, Save, "
+                            "RollBack, Stop or a list of them")
     return [item for item in items if not isinstance(item, Continue)]

@@ -70,6 +70,8 @@ def train_epoch(run: Run) -> bool:
 
 def act(run: Run, decisions: list[Decision]) -> bool:
     """Carry out the decisions of one moment; False when training must leave the current epoch."""
+    if not decisions:  # most steps
+        return not run.state.stopped
     rollback = next((d for d in decisions if isinstance(d, RollBack)), None)
     if rollback is not None:
         run.roll_back(rollback)

@@ -64,6 +64,17 @@ def default_run_id(task_name: str) -> str:
     return f"{task}-{datetime.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
 
 
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)  # one encoder: json.dumps with options builds one per call
+
+
+def json_line(record: dict) -> str:
+    """One history line; a non-finite number (rare) is written as null."""
+    try:
+        return _STRICT_JSON.encode(record) + "\n"
+    except ValueError:
+        return json.dumps(finite_or_none(record)) + "\n"
+
+
 def finite_or_none(value: Any) -> Any:
     """JSON has no NaN or Infinity: a non-finite number is written as null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -268,7 +279,7 @@ class RunFolder:
         try:
             if self._history is None:
                 self._history = open(self.history_path, "a")
-            self._history.write("".join(json.dumps(finite_or_none(r)) + "\n" for r in records))
+            self._history.write("".join(map(json_line, records)))
             self._history.flush()
         except OSError as err:
             raise WriteError(self.history_path, err) from None

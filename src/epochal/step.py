@@ -33,14 +33,15 @@ def autocast(device: torch.device, precision: str):
 class StepRecords:
     """Per-step values kept on the device until the loop fetches them.
 
-    One row per step, one column per value: a step costs one stack. ``fetch`` is the
-    only synchronisation of the training path; the loop fetches at least every
-    ``log_every`` steps, so at most that many rows wait.
+    A step only keeps its 0-dim tensors (no kernel: small ops cost several microseconds
+    each in a step's shadow); ``fetch`` stacks them all at once and is the only
+    synchronisation of the training path. The loop fetches at least every ``log_every``
+    steps, so at most that many rows wait.
     """
 
     def __init__(self):
         self.names: list[str] = []
-        self.rows: list[torch.Tensor] = []  # one stacked row per step since the last fetch
+        self.rows: list[tuple[torch.Tensor, ...]] = []  # one row of detached values per step since the last fetch
         self.lrs: list[float] = []  # host floats, read from the optimizer before each step
 
     @property
@@ -50,7 +51,7 @@ class StepRecords:
     def write(self, values: dict[str, torch.Tensor], lr: float) -> None:
         if not self.names:
             self.names = list(values)
-        self.rows.append(torch.stack([v.detach().float() for v in values.values()]))
+        self.rows.append(tuple(values.values()))
         self.lrs.append(lr)
 
     def fetch(self, last_step: int, epoch: int,
@@ -60,7 +61,7 @@ class StepRecords:
         count, lrs = self.pending, self.lrs
         if count == 0:
             return []
-        rows = torch.stack(self.rows)
+        rows = torch.stack([value for row in self.rows for value in row]).detach().float().view(count, -1)
         columns = (rows if agree is None else agree(rows)).T.tolist()
         self.discard()
         first_step = last_step - count + 1
@@ -113,6 +114,9 @@ class Step:
         self.grad_clip, self.grad_accum = grad_clip, grad_accum
         # Only fused optimizers read a found_inf flag: with them a bad step is skipped on the device.
         self.guard_nonfinite = guard_nonfinite and bool(optimizer.defaults.get("fused"))
+        # The guard's flag and the unit scale its check multiplies by: allocated once, reused every step.
+        self.found_inf = torch.zeros((), device=device)
+        self.unit_scale = torch.ones((), device=device)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         # fp16 needs loss scaling; bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -138,8 +142,11 @@ class Step:
                 if _is_pair(value):
                     total, count = value[0].detach(), torch.as_tensor(value[1], device=self.device)
                     counts[name] = counts[name] + count if name in counts else count
+                elif share != 1:
+                    total = value.detach() * share
                 else:
-                    total = value.detach() * share if share != 1 else value.detach()
+                    # Read at the log interval: a value without a graph may be the loss function's own state.
+                    total = value.detach() if value.requires_grad else value.clone()
                 sums[name] = sums[name] + total if name in sums else total
         least = 1  # a count is at least one example
         if counts and self.world.size > 1:
@@ -157,10 +164,9 @@ class Step:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         elif self.guard_nonfinite:
-            # loss + norm is finite exactly when both are; the fused optimizer skips the update on 1.0.
             # Under torchrun only the norm of the all-reduced gradient decides: it is the same on every rank.
-            checked = grad_norm if self.world.size > 1 else totals["loss"] + grad_norm
-            self.optimizer.found_inf = checked.isfinite().logical_not().float()
+            self._flag_nonfinite([grad_norm] if self.world.size > 1 else [totals["loss"], grad_norm])
+            self.optimizer.found_inf = self.found_inf  # the fused optimizer skips the update on 1.0
             self.optimizer.step()
             del self.optimizer.found_inf
         else:
@@ -168,6 +174,16 @@ class Step:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {**totals, "grad_norm": grad_norm}
+
+    def _flag_nonfinite(self, values: list[torch.Tensor]) -> None:
+        """Set ``found_inf`` to 1.0 if any value is NaN or infinite, else 0.0, on the device.
+
+        This is the single kernel GradScaler checks gradients with; scaling by one leaves the
+        values as they are. (``isfinite`` and friends would take four kernels, a measurable
+        share of a small model's step.)
+        """
+        self.found_inf.zero_()
+        torch._amp_foreach_non_finite_check_and_unscale_(values, self.found_inf, self.unit_scale)
 
     def _micro_batches(self, batch: Any) -> list[tuple[Any, float]]:
         """The micro-batches of one step, each with its share of the batch's examples."""

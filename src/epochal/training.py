@@ -123,7 +123,8 @@ class Run:
         decisions: list[Decision] = []
         for callback in self.handlers[event]:
             returned = getattr(callback, event)(self, *args)
-            decisions += as_decisions(returned, f"{type(callback).__name__}.{event}")
+            if returned is not None:  # the usual answer, and the one that costs nothing to check
+                decisions += as_decisions(returned, callback, event)
         return decisions
 
     # ------------------------------------------------------------- training

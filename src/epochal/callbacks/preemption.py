@@ -15,18 +15,18 @@ class Preemption(Callback):
         self.signals = signals
         self.acted = False
 
-    def _check(self, run) -> list:
+    def _check(self, run) -> list | None:
         if self.signals.received is None or self.acted:
-            return []
+            return None
         self.acted = True
         return [Stop(f"preempted by {self.signals.name} at step {run.state.step}", "preempted"),
                 Save("preempt", wait=True)]
 
-    def on_fit_start(self, run) -> list:
+    def on_fit_start(self, run) -> list | None:
         return self._check(run)
 
-    def on_step_end(self, run) -> list:
+    def on_step_end(self, run) -> list | None:
         return self._check(run)
 
-    def on_epoch_end(self, run) -> list:
+    def on_epoch_end(self, run) -> list | None:
         return self._check(run)
