@@ -234,9 +234,11 @@ def main() -> None:
             print(f"{name}/raw n/a (install the bench extra: make bench)")
             continue
         ratios = sorted(t / r for t, r in zip(times[name], times["raw"]))
+        # The same difference in time: a fixed cost per step, whatever the model, which the ratio hides.
+        extra = statistics.median(t - r for t, r in zip(times[name], times["raw"])) * 1e6
         note = {"unguarded": " (train.guard_nonfinite = false)", "tracked": " (log.trackers = tensorboard, csv)"}.get(name, "")
         print(f"{name + '/raw':14s} min {ratios[0]:.3f}  median {statistics.median(ratios):.3f}  "
-              f"max {ratios[-1]:.3f}{note}")
+              f"max {ratios[-1]:.3f}  ({extra:+.0f} us a step){note}")
     if times["tracked"]:
         ratios = sorted(t / e for t, e in zip(times["tracked"], times["epochal"]))
         print(f"{'tracked/epochal':14s} min {ratios[0]:.3f}  median {statistics.median(ratios):.3f}  "
