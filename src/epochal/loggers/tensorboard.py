@@ -37,8 +37,12 @@ class TensorBoardLogger(TrackerLogger):
             self.writer.add_text("config", "```\n" + json.dumps(info.config, indent=1) + "\n```", 0)
 
     def write(self, step: int, values: dict[str, float]) -> None:
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        # What add_scalar writes (a simple_value per tag), but one event a step for all values: add_scalar
+        # builds an event and a NumPy array per value, work that holds the GIL the training loop needs.
+        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()]
+        self.writer.file_writer.add_summary(Summary(value=values), step)
 
     def rewind(self, step: int) -> None:
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
