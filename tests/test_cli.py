@@ -91,3 +91,13 @@ def test_a_recipe_s_expected_gpu_is_a_warning_on_the_console_and_in_env_json(cap
     assert "not one of the expected A5000, L40S" in env["startup_warnings"][0]
     assert "CUDA_VISIBLE_DEVICES is 0, not the expected 1" in env["startup_warnings"][1]
     assert "warning: GPU is no GPU (cpu)" in out and "CUDA_VISIBLE_DEVICES=0" in out  # the banner always says it
+
+
+def test_only_a_failed_collective_under_torchrun_counts_as_a_lost_process(monkeypatch):
+    from epochal.cli import _lost_peer
+
+    gloo = RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer")
+    assert not _lost_peer(gloo)  # one process: no peer to lose
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _lost_peer(gloo)
+    assert not _lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))  # a bug keeps its traceback

@@ -203,6 +203,19 @@ def test_sigterm_to_one_rank_stops_both_and_torchrun_restarts_the_run(straight, 
     assert_same_run(straight / "a", run_dir)
 
 
+def test_when_one_rank_is_killed_the_other_says_so_in_one_line(tmp_path, launch):
+    run_dir = tmp_path / "lost"
+    agent = launch.start(torchrun(*cli_run(tmp_path, "lost")), **{DELAY_ENV: "0.05"})
+    wait_for(run_dir / "history.jsonl", agent)
+    os.kill(worker_of(agent.pid, 1), signal.SIGKILL)
+    output, _ = agent.communicate(timeout=120)
+    rank0 = [line for line in output.splitlines() if line.startswith("[rank0]") or "epochal: error" in line]
+    assert agent.returncode != 0
+    assert not any("Traceback" in line for line in rank0), output  # torchrun's own report is not ours
+    assert any("epochal: error: another process of this run stopped" in line for line in rank0), output
+    assert (run_dir / "config.toml").exists() and (run_dir / "history.jsonl").exists()  # left to resume
+
+
 class Stream(torch.utils.data.IterableDataset):
     def __iter__(self):
         yield from range(3)

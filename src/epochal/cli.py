@@ -311,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("epochal: aborted; checkpoints written before the interrupt are intact", file=sys.stderr)
         return 130
+    except RuntimeError as err:
+        if not _lost_peer(err):
+            raise  # a bug keeps its traceback
+        print(f"epochal: error: {_rank()}another process of this run stopped ({str(err).splitlines()[0][:200]}); "
+              "checkpoints written before it are intact: resume the run", file=sys.stderr)
+        return 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -320,6 +326,16 @@ def _rank() -> str:
     """"rank K: " in the errors of torchrun's processes other than rank 0."""
     rank = os.environ.get("RANK", "0")
     return f"rank {rank}: " if int(os.environ.get("WORLD_SIZE", 1)) > 1 and rank != "0" else ""
+
+
+def _lost_peer(err: RuntimeError) -> bool:
+    """Under torchrun: a collective failed because another process is gone (killed, crashed, out of memory)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return False
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    return any(backend in str(err) for backend in ("gloo", "NCCL"))
 
 
 def _main_thread() -> bool:
