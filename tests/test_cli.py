@@ -101,3 +101,4 @@ def test_only_a_failed_collective_under_torchrun_counts_as_a_lost_process(monkey
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert _lost_peer(gloo)
     assert not _lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))  # a bug keeps its traceback
+    assert not _lost_peer(RuntimeError("ProcessGroupGloo does not support reduce_scatter"))  # nor a misuse of gloo

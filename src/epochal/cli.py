@@ -329,13 +329,14 @@ def _rank() -> str:
 
 
 def _lost_peer(err: RuntimeError) -> bool:
-    """Under torchrun: a collective failed because another process is gone (killed, crashed, out of memory)."""
+    """Under torchrun: a collective failed because another process is gone (killed, crashed, out of memory).
+    NCCL's failures are DistErrors; gloo's name its transport, which a usage error of gloo does not."""
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return False
     dist = sys.modules.get("torch.distributed")
     if dist is not None and isinstance(err, getattr(dist, "DistError", ())):
         return True
-    return any(backend in str(err) for backend in ("gloo", "NCCL"))
+    return "gloo/transport" in str(err)  # gloo's errors are plain RuntimeErrors, raised from its transport
 
 
 def _main_thread() -> bool:

@@ -42,7 +42,7 @@ class TrainConfig:
     deterministic: bool = False  # deterministic kernels: reproducible on GPU, somewhat slower
     device: str = "auto"  # auto picks CUDA when present; or cpu, cuda, cuda:N
     nan_policy: Literal["stop", "skip", "rollback"] = "stop"  # what a non-finite loss or grad norm does
-    guard_nonfinite: bool = True  # skip such a step on the device before it reaches the weights (~1 % of a tiny CPU step)
+    guard_nonfinite: bool = True  # skip such a step on the device before it reaches the weights (1-2 % of a tiny CPU step: benchmarks/loop_overhead.py)
     max_rollbacks: int = 3  # rollback policy: give up (stop) after this many
     rollback_lr_scale: float = 0.5  # rollback policy: learning-rate factor applied at each rollback
     compile: bool = False  # torch.compile the model: faster steps on GPU after a warm-up

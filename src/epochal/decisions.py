@@ -49,9 +49,8 @@ DECISION_TYPES = (Continue, Save, RollBack, Stop)
 
 
 def as_decisions(returned: object, callback: object, event: str) -> list[Decision]:
-    """What ``callback.event`` returned as a list of decisions; anything else is a programming error."""
-    if returned is None:
-        return []
+    """What ``callback.event`` returned (not None: the loop skips those) as a list of decisions; anything
+    else is a programming error."""
     items = returned if isinstance(returned, (list, tuple)) else [returned]
     for item in items:
         if not isinstance(item, DECISION_TYPES):
