@@ -371,12 +371,25 @@ def all_finite(run_dir):
     return all(torch.isfinite(t).all() for t in model.values())
 
 
-def test_nan_policy_stop_saves_and_fails_with_the_step(tmp_path):
-    result = fit_poisoned(tmp_path, {5}, "stop")
+def newest_saved_step(run_dir):
+    return max(entry["step"] for entry in CheckpointStore(run_dir / "checkpoints", 3).manifest())
+
+
+def test_nan_policy_stop_fails_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    # 4 steps an epoch; step 5 goes bad, the fetch at step 6 finds it, and step 6's own checkpoint is dropped.
+    result = fit_poisoned(tmp_path, {5}, "stop", **{"checkpoint.every_steps": 6})
     assert result.status == "failed" and result.exit_code == 1
     assert "non-finite loss or gradient norm at step 5" in result.stop_reason
-    assert result.result["metadata"]["bad_steps"] == [5] and result.result["steps"] == 6  # found at the next fetch
+    # Unguarded (the default under stop), the bad update reached the weights, so step 6 is bad too.
+    assert result.result["metadata"]["bad_steps"] == [5, 6] and result.result["steps"] == 6
+    assert newest_saved_step(result.run_dir) == 4  # the epoch-1 checkpoint: nothing of the failure is saved
     assert all_finite(result.run_dir)
+
+
+def test_the_guard_keeps_the_weights_clean_up_to_a_stop(tmp_path):
+    result = fit_poisoned(tmp_path, {5}, "stop", **{"train.guard_nonfinite": True})
+    assert result.status == "failed" and result.result["metadata"]["bad_steps"] == [5]  # step 5 skipped, 6 fine
+    assert newest_saved_step(result.run_dir) == 4
 
 
 def test_nan_policy_skip_counts_and_continues(tmp_path):

@@ -90,5 +90,12 @@ def test_a_later_layer_replaces_a_table_setting_whole():
 
 
 def test_skip_policy_needs_the_device_guard():
-    with pytest.raises(ConfigError, match="train.nan_policy: 'skip' needs train.guard_nonfinite = true"):
+    with pytest.raises(ConfigError, match="train.nan_policy: 'skip' needs train.guard_nonfinite = true or unset"):
         resolve("toy", [{"train": {"nan_policy": "skip", "guard_nonfinite": False}}])
+
+
+@pytest.mark.parametrize("policy, guard, guarded", [("stop", None, False), ("rollback", None, False), ("skip", None, True),
+                                                    ("stop", True, True), ("skip", True, True), ("rollback", False, False)])
+def test_the_device_guard_is_on_where_the_policy_needs_it_unless_set(policy, guard, guarded):
+    train = {"nan_policy": policy} if guard is None else {"nan_policy": policy, "guard_nonfinite": guard}
+    assert resolve("toy", [{"train": train}]).train.guarded is guarded

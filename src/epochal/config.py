@@ -42,13 +42,18 @@ class TrainConfig:
     deterministic: bool = False  # deterministic kernels: reproducible on GPU, somewhat slower
     device: str = "auto"  # auto picks CUDA when present; or cpu, cuda, cuda:N
     nan_policy: Literal["stop", "skip", "rollback"] = "stop"  # what a non-finite loss or grad norm does
-    guard_nonfinite: bool = True  # skip such a step on the device before it reaches the weights (1-2 % of a tiny CPU step: benchmarks/loop_overhead.py)
+    guard_nonfinite: bool | None = None  # skip such a step on the device before it reaches the weights; unset: only under nan_policy "skip", which needs it (1-2 % of a tiny CPU step: benchmarks/loop_overhead.py)
     max_rollbacks: int = 3  # rollback policy: give up (stop) after this many
     rollback_lr_scale: float = 0.5  # rollback policy: learning-rate factor applied at each rollback
     compile: bool = False  # torch.compile the model: faster steps on GPU after a warm-up
     progress: bool = True  # tqdm bar per epoch
     expected_gpus: list[str] = field(default_factory=list)  # GPU models this recipe was tuned on (seed 004): warn on others
     expected_cuda_visible_devices: str = ""  # the CUDA_VISIBLE_DEVICES it expects (seed 004: "1"); empty: any
+
+    @property
+    def guarded(self) -> bool:
+        """Whether a non-finite step is skipped on the device: as set, else only where the policy needs it."""
+        return self.nan_policy == "skip" if self.guard_nonfinite is None else self.guard_nonfinite
 
     def validate(self) -> None:
         _positive(self, "train", "max_epochs", "batch_size", "grad_accum", "eval_every", "log_every", "max_rollbacks")
@@ -59,8 +64,8 @@ class TrainConfig:
             raise ConfigError(f"train.grad_accum: {self.grad_accum} exceeds train.batch_size {self.batch_size}; allowed: 1..batch_size")
         if not 0 < self.rollback_lr_scale <= 1:
             raise ConfigError(f"train.rollback_lr_scale: {self.rollback_lr_scale} out of range; allowed: 0 < scale <= 1")
-        if self.nan_policy == "skip" and not self.guard_nonfinite:
-            raise ConfigError("train.nan_policy: 'skip' needs train.guard_nonfinite = true; allowed: stop, rollback")
+        if self.nan_policy == "skip" and self.guard_nonfinite is False:
+            raise ConfigError("train.nan_policy: 'skip' needs train.guard_nonfinite = true or unset; allowed: stop, rollback")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device: {self.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N")
 

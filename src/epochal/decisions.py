@@ -8,6 +8,8 @@ The loop gathers every decision of a moment and carries them out in one place,
   from there with the learning rate at ``lr_factor`` times the configured one.
   It supersedes everything else decided at that moment.
 - ``Stop(reason, status)``: end training after this step or epoch; the first reason wins.
+  A ``failed`` run saves nothing from then on (not the Saves of that moment, no final
+  checkpoint): its state is not to be trusted, and ``last.pt`` stays the last good one.
 - ``Save(kind)``: write one checkpoint now. Saves decided together share one file:
   at an epoch boundary ``checkpoint_epoch_NNNN.pt``, mid-epoch ``checkpoint_step_NNNNNNNN.pt``;
   ``best`` and ``gate`` add the links ``best.pt`` and ``checkpoint_gate.pt``; every save

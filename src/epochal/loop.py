@@ -12,12 +12,13 @@
         end of the epoch: fetch -> on_log; act
         evaluate when due -> on_eval_end      gate, early stopping, best (also every eval_every_steps)
         on_epoch_end -> act                   epoch checkpoint, history, result.json
-    final checkpoint; export weights; test the last and the best weights
+    final checkpoint (not of a failed run); export weights; test the last and the best weights
     on_fit_end                                result.json, plots
 
 Callbacks return decisions (decisions.py); ``act`` carries out all the decisions
 of one moment: a RollBack reloads the newest valid checkpoint and supersedes the
-rest, a Stop ends training after this step or epoch, Saves become one checkpoint.
+rest, a Stop ends training after this step or epoch, Saves become one checkpoint
+(none once the run has failed).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def act(run: Run, decisions: list[Decision]) -> bool:
         if isinstance(decision, Stop):
             run.state.stop(decision.reason, decision.status)
     saves = [d for d in decisions if isinstance(d, Save)]
-    if saves:
+    if saves and run.state.status != "failed":  # a failed run's state is not to be trusted: last.pt stays the last good one
         run.save(saves)
     return not run.state.stopped
 
@@ -93,7 +94,7 @@ def finish(run: Run) -> dict:
         if run.out_of_steps() and state.step not in state.eval_steps:
             act(run, run.emit("on_eval_end", run.evaluate()))  # a step budget ends between evaluations
         state.stop("max_steps reached" if run.out_of_steps() else "max_epochs reached", "completed")
-    if run.last_saved_step != state.step and state.status != "preempted":
+    if run.last_saved_step != state.step and state.status not in ("preempted", "failed"):
         run.save([Save("final")])
     run.writer.wait()
     if state.status == "completed":

@@ -69,7 +69,7 @@ class Run:
             raise ConfigError(f"train.nan_policy: 'skip' needs an optimizer that skips a step on the device (fused "
                               f"AdamW/Adam/SGD), not {type(self.optimizer).__name__}; allowed: stop, rollback")
         self.step = Step(forward_model, task.loss, self.optimizer, self.scheduler, device, train.precision,
-                         train.grad_clip, train.grad_accum, train.guard_nonfinite, getattr(task, "prepare_batch", None),
+                         train.grad_clip, train.grad_accum, train.guarded, getattr(task, "prepare_batch", None),
                          world, getattr(trained, "no_sync", None))
         self.records = StepRecords()
         self.state = TrainState()
