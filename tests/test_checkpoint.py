@@ -357,13 +357,14 @@ class PoisonedToy(ToyTask):
         return {"loss": out["loss"] * float("nan")} if self.calls in self.bad_calls else out
 
 
-def fit_poisoned(tmp_path, bad_calls, policy, **extra):
+def fit_poisoned(tmp_path, bad_calls, policy, callbacks=(), **extra):
     from epochal import run as fit
     from tests.conftest import quiet
 
     settings = {"train.max_epochs": 3, "train.progress": False, "task.n_train": 256, "train.nan_policy": policy,
                 "train.log_every": 2, **extra}
-    return fit(PoisonedToy(bad_calls), overrides=settings, out_dir=tmp_path, experiment_id=policy, log=quiet)
+    return fit(PoisonedToy(bad_calls), overrides=settings, out_dir=tmp_path, experiment_id=policy, log=quiet,
+               callbacks=list(callbacks))
 
 
 def all_finite(run_dir):
@@ -384,6 +385,19 @@ def test_nan_policy_stop_fails_with_the_step_and_keeps_the_last_good_checkpoint(
     assert result.result["metadata"]["bad_steps"] == [5, 6] and result.result["steps"] == 6
     assert newest_saved_step(result.run_dir) == 4  # the epoch-1 checkpoint: nothing of the failure is saved
     assert all_finite(result.run_dir)
+
+
+def test_a_stop_asked_between_fetches_first_fetches_so_a_bad_step_still_fails_the_run(tmp_path):
+    from epochal import Callback
+    from epochal.decisions import Stop
+
+    class StopAtStep6(Callback):
+        def on_step_end(self, run):
+            return Stop("enough") if run.state.step == 6 else None
+
+    result = fit_poisoned(tmp_path, {5}, "stop", **{"train.log_every": 100}, callbacks=[StopAtStep6()])
+    assert result.status == "failed" and "at step 5" in result.stop_reason  # not "enough", completed
+    assert newest_saved_step(result.run_dir) == 4 and all_finite(result.run_dir)
 
 
 def test_the_guard_keeps_the_weights_clean_up_to_a_stop(tmp_path):

@@ -6,7 +6,7 @@
         for each batch of the epoch, from the saved position on:
             step(batch)                       numerics on the device (step.py); no host sync
             on_step_end                       EMA; may ask for a checkpoint or, on a signal, a stop
-            every log_every steps, and before any save:
+            every log_every steps, and before any save or stop:
                 fetch -> on_log               the one host sync: history, console, NaN policy
             act                               roll back / stop / save: here and nowhere else
         end of the epoch: fetch -> on_log; act
@@ -55,8 +55,8 @@ def train_epoch(run: Run) -> bool:
             run.train_step(batch)
             decisions = run.emit("on_step_end")
             evaluate = run.eval_due_at_step()
-            if state.step % log_every == 0 or evaluate or any(isinstance(d, Save) for d in decisions):
-                decisions = run.log() + decisions  # fetch first: a rollback it decides beats a save
+            if state.step % log_every == 0 or evaluate or any(isinstance(d, (Save, Stop)) for d in decisions):
+                decisions = run.log() + decisions  # fetch first: a rollback or failure it decides beats a save or stop
             if evaluate:
                 decisions += run.emit("on_eval_end", run.evaluate())
             if not act(run, decisions):
