@@ -94,8 +94,8 @@ def finish(run: Run) -> dict:
         if run.out_of_steps() and state.step not in state.eval_steps:
             act(run, run.emit("on_eval_end", run.evaluate()))  # a step budget ends between evaluations
         state.stop("max_steps reached" if run.out_of_steps() else "max_epochs reached", "completed")
-    if run.last_saved_step != state.step and state.status not in ("preempted", "failed"):
-        run.save([Save("final")])
+    if run.last_saved_step != state.step and state.status != "preempted":
+        act(run, [Save("final")])  # act saves nothing for a failed run
     run.writer.wait()
     if state.status == "completed":
         run.export_weights()
