@@ -99,3 +99,21 @@ def test_skip_policy_needs_the_device_guard():
 def test_the_device_guard_is_on_where_the_policy_needs_it_unless_set(policy, guard, guarded):
     train = {"nan_policy": policy} if guard is None else {"nan_policy": policy, "guard_nonfinite": guard}
     assert resolve("toy", [{"train": train}]).train.guarded is guarded
+
+
+@pytest.mark.parametrize("setting, mode", [(True, "default"), (False, "off"), ("off", "off"),
+                                           ("max-autotune", "max-autotune"), ("reduce-overhead", "reduce-overhead")])
+def test_compile_takes_a_mode_and_true_means_default(setting, mode):
+    assert resolve("toy", [{"train": {"compile": setting}}]).train.compile == mode
+
+
+def test_an_unknown_compile_mode_lists_the_modes():
+    with pytest.raises(ConfigError) as refused:
+        resolve("toy", [{"train": {"compile": "fast"}}])
+    assert str(refused.value) == ("train.compile: 'fast' is not a compile mode; allowed: off, default, "
+                                  "reduce-overhead, max-autotune, true (default) or false (off)")
+
+
+def test_matmul_precision_names_the_allowed_values():
+    with pytest.raises(ConfigError, match="train.matmul_precision: 'tf32' is not allowed; allowed: highest, high, medium"):
+        resolve("toy", [{"train": {"matmul_precision": "tf32"}}])

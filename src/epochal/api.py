@@ -26,13 +26,15 @@ from epochal.records import RunFolder, check_run_names, default_run_id
 from epochal.resolve import resolve_config
 from epochal.training import Run
 from epochal.signals import PREEMPTED_EXIT_CODE, Interrupted, PreemptionSignals
-from epochal.state import seed_everything
+from epochal.state import seed_everything, set_matmul_precision
 from epochal.tasks import RunContext, Task
 from epochal.warm_start import warm_start
 
 # Settings that may differ on resume without changing the numbers (and every [log] setting: trackers,
 # plots and profiling only watch).
-RESUME_FREE_KEYS = {"out_dir", "experiment_id", "train.progress"}
+# compile and cuda_graphs change how the step runs, not what it computes (compiled kernels round within
+# the tolerance the README states), so a run may switch them when it resumes.
+RESUME_FREE_KEYS = {"out_dir", "experiment_id", "train.progress", "train.compile", "train.cuda_graphs"}
 
 
 @dataclass
@@ -223,6 +225,7 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
         for warning in warnings:
             log(f"warning: {warning}")
         seed_everything(config.train.seed, config.train.deterministic)
+        set_matmul_precision(config.train.matmul_precision, config.train.deterministic)
         context = RunContext(folder.path, device, config.train.seed, config)
         built = task.build(config.task, context)
         init = warm_start(built.model, config.init, log)

@@ -23,6 +23,15 @@ import tomli_w
 
 from epochal.errors import ConfigError
 
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # train.compile's values
+
+
+def compile_mode(setting: bool | str) -> str:
+    """The mode a ``train.compile`` setting means: true is "default", false "off"."""
+    if isinstance(setting, bool):
+        return "default" if setting else "off"
+    return setting
+
 
 @dataclass
 class TrainConfig:
@@ -45,7 +54,9 @@ class TrainConfig:
     guard_nonfinite: bool | None = None  # skip such a step on the device before it reaches the weights; unset: only under nan_policy "skip", which needs it (1-2 % of a tiny CPU step: benchmarks/loop_overhead.py)
     max_rollbacks: int = 3  # rollback policy: give up (stop) after this many
     rollback_lr_scale: float = 0.5  # rollback policy: learning-rate factor applied at each rollback
-    compile: bool = False  # torch.compile the model: faster steps on GPU after a warm-up
+    compile: bool | str = "off"  # torch.compile the step's forward and loss: off, default, reduce-overhead (adds CUDA graphs), max-autotune (longer compile, faster kernels); true = default. Faster GPU steps after a compile of seconds to minutes
+    cuda_graphs: bool = False  # capture the whole step (forward, backward, optimizer) in one CUDA graph and replay it: removes the launch overhead that bounds small models on a GPU; needs fixed batch shapes
+    matmul_precision: Literal["highest", "high", "medium"] = "highest"  # float32 matmuls: highest is true fp32; high allows TF32 (about 1e-3 relative error, much faster on Ampere and later); --deterministic forces highest
     progress: bool = True  # tqdm bar per epoch
     expected_gpus: list[str] = field(default_factory=list)  # GPU models this recipe was tuned on (seed 004): warn on others
     expected_cuda_visible_devices: str = ""  # the CUDA_VISIBLE_DEVICES it expects (seed 004: "1"); empty: any
@@ -66,6 +77,13 @@ class TrainConfig:
             raise ConfigError(f"train.rollback_lr_scale: {self.rollback_lr_scale} out of range; allowed: 0 < scale <= 1")
         if self.nan_policy == "skip" and self.guard_nonfinite is False:
             raise ConfigError("train.nan_policy: 'skip' needs train.guard_nonfinite = true or unset; allowed: stop, rollback")
+        if compile_mode(self.compile) not in COMPILE_MODES:
+            raise ConfigError(f"train.compile: {self.compile!r} is not a compile mode; allowed: "
+                              f"{', '.join(COMPILE_MODES)}, true (default) or false (off)")
+        self.compile = compile_mode(self.compile)
+        if self.cuda_graphs and self.compile == "reduce-overhead":
+            raise ConfigError("train.cuda_graphs: reduce-overhead compiles CUDA graphs of its own; allowed with "
+                              "train.cuda_graphs = true: train.compile = off, default or max-autotune")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device: {self.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N")
 

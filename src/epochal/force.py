@@ -36,7 +36,6 @@ APPLIED: dict[str, str] = {
     "train.max_rollbacks": "read at the next non-finite value",
     "train.rollback_lr_scale": "read at the next rollback",
     "train.device": "the run continues on the new device (numbers may then differ from an uninterrupted run)",
-    "train.compile": "the model is compiled or not from the next step",
     "checkpoint.every_epochs": "read at the next epoch end",
     "checkpoint.every_steps": "read at the next step",
     "checkpoint.every_minutes": "read at the next step",

@@ -116,6 +116,7 @@ def collect(device: torch.device, seed: int) -> dict:
         "platform": platform.platform(),
         "host": socket.gethostname(),
         "seed": seed,
+        "matmul_precision": torch.get_float32_matmul_precision(),  # train.matmul_precision as it took effect
         "command": sys.argv,
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **device_info(device),

@@ -91,6 +91,14 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def set_matmul_precision(precision: str, deterministic: bool) -> str:
+    """torch's float32 matmul precision for this process (TF32 for "high"); deterministic runs get "highest",
+    the one that computes the same on every GPU generation. Returns the precision set (env.json records it)."""
+    chosen = "highest" if deterministic else precision
+    torch.set_float32_matmul_precision(chosen)
+    return chosen
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed python, numpy and torch; optionally force deterministic kernels.
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Union
 import torch
 from torch import nn
 
+from epochal.compiling import CompileWatch
 from epochal.distributed import ALONE, World
 from epochal.tree import batch_size, split
 
@@ -105,10 +106,12 @@ class Step:
         prepare: Callable[[Any], Any] | None = None,
         world: World = ALONE,
         no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+        watch: CompileWatch | None = None,
     ):
         self.model, self.loss_fn, self.prepare = model, loss_fn, prepare
         # Under torchrun: DDP's no_sync, so only the last micro-batch's backward all-reduces the gradients.
         self.world, self.no_sync = world, no_sync
+        self.watch = watch  # with train.compile: compile seconds, recompiles, a compiler failure as one line
         self.optimizer, self.scheduler = optimizer, scheduler
         self.device, self.precision = device, precision
         self.grad_clip, self.grad_accum = grad_clip, grad_accum
@@ -122,7 +125,23 @@ class Step:
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     def __call__(self, batch: Any) -> dict[str, torch.Tensor]:
-        """Forward, backward and update on one batch; returns 0-dim device tensors to record.
+        """One optimizer step on ``batch``; returns 0-dim device tensors to record."""
+        values = self.watched_update(batch)
+        self.advance()
+        return values
+
+    def watched_update(self, batch: Any) -> dict[str, torch.Tensor]:
+        """``update``, through the compile watch when the step is compiled."""
+        return self.update(batch) if self.watch is None else self.watch.call(lambda: self.update(batch), batch)
+
+    def advance(self) -> None:
+        """After an update: the next step's learning rate (on the host), and the gradients let go."""
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def update(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Forward, backward and the optimizer's update on one batch, all on the device: the part of a
+        step a CUDA graph can hold (graphs.py). Returns 0-dim device tensors to record.
 
         With accumulation, a mean loss is weighted by each micro-batch's share of the
         examples, and a (sum, count) loss is summed and divided by the whole batch's
@@ -171,8 +190,6 @@ class Step:
             del self.optimizer.found_inf
         else:
             self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return {**totals, "grad_norm": grad_norm}
 
     def _flag_nonfinite(self, values: list[torch.Tensor]) -> None:

@@ -23,11 +23,13 @@ from epochal.callbacks.nan_policy import NanPolicy
 from epochal.callbacks.preemption import Preemption
 from epochal.callbacks.run_record import RunRecord
 from epochal.checkpoint import BackgroundWriter, CheckpointStore, payload_states, save_weights, serialize, to_cpu
-from epochal.config import RunConfig
+from epochal.compiling import CompileWatch, compile_loss
+from epochal.config import RunConfig, compile_mode
 from epochal.data import make_batches
 from epochal.decisions import Decision, RollBack, Save, as_decisions
 from epochal.distributed import ALONE, RanksRNG, World
 from epochal.errors import ConfigError
+from epochal.graphs import CapturedStep, check_capturable, check_fixed_shapes
 from epochal.optim import build_adamw, make_schedule, resolve_warmup_steps
 from epochal.records import RunFolder
 from epochal.registry import StateRegistry
@@ -54,7 +56,6 @@ class Run:
         self.signals = signals  # the preemption signals received (a test may set one as a scheduler would)
         self.model = built.model.to(device)
         trained = world.wrap(self.model, device)  # DistributedDataParallel under torchrun
-        forward_model = torch.compile(trained) if train.compile else trained
         self.batches = make_batches(built.train_data, device, train.batch_size, train.seed, train.drop_last,
                                     train.num_workers, world)
         self.steps_per_epoch = self.batches.steps_per_epoch  # None for iterable data
@@ -68,9 +69,17 @@ class Run:
         if config.train.nan_policy == "skip" and not self.optimizer.defaults.get("fused"):
             raise ConfigError(f"train.nan_policy: 'skip' needs an optimizer that skips a step on the device (fused "
                               f"AdamW/Adam/SGD), not {type(self.optimizer).__name__}; allowed: stop, rollback")
-        self.step = Step(forward_model, task.loss, self.optimizer, self.scheduler, device, train.precision,
-                         train.grad_clip, train.grad_accum, train.guarded, getattr(task, "prepare_batch", None),
-                         world, getattr(trained, "no_sync", None))
+        compiled = compile_mode(train.compile) != "off"
+        self.step = Step(trained, compile_loss(task.loss, train.compile) if compiled else task.loss, self.optimizer,
+                         self.scheduler, device, train.precision, train.grad_clip, train.grad_accum, train.guarded,
+                         getattr(task, "prepare_batch", None), world, getattr(trained, "no_sync", None),
+                         CompileWatch() if compiled else None)
+        self.captured: CapturedStep | None = None  # the step as a CUDA graph (train.cuda_graphs)
+        if train.cuda_graphs:
+            check_capturable(device, train.precision, train.grad_accum, world.size, self.optimizer)
+            check_fixed_shapes(self.steps_per_epoch, getattr(self.batches, "n", None), train.batch_size,
+                               train.drop_last)
+            self.captured = CapturedStep(self.step)
         self.records = StepRecords()
         self.state = TrainState()
         self.store = CheckpointStore(folder.path / "checkpoints", config.checkpoint.keep_last, writes=world.main)
@@ -131,7 +140,7 @@ class Run:
     def train_step(self, batch) -> None:
         """One optimizer step; its values stay on the device until ``log``."""
         lr = self.optimizer.param_groups[0]["lr"]
-        self.records.write(self.step(batch), lr)
+        self.records.write((self.captured or self.step)(batch), lr)
         self.state.batch_in_epoch += 1
         self.state.step += 1
 
@@ -238,6 +247,8 @@ class Run:
 
     def restore(self, payload: dict, keep: tuple[str, ...] = ()) -> None:
         self.registry.load_state_dict(payload_states(payload), keep=keep)
+        if self.captured is not None:
+            self.captured.release()  # the optimizer's state tensors were replaced: capture again
         self.records.discard()
         self.last_saved_step = self.state.step
 
@@ -277,7 +288,7 @@ class Run:
             "epochs": state.epoch, "steps": state.step, "metrics": state.metrics, "best": None,
             "eval_epochs": state.eval_epochs, "eval_steps": state.eval_steps, "curves": state.curves,
             "metadata": {"stop_reason": state.stop_reason, "config_hash": self.config_hash,
-                         "train_seconds": round(state.train_seconds, 3)},
+                         "train_seconds": round(state.train_seconds, 3), **self._step_metadata()},
             "checkpoints": sorted(entry["file"] for entry in self.store.manifest()),
         }
         for callback in self.callbacks:
@@ -287,6 +298,17 @@ class Run:
         if self.tested is not None:
             result["test"] = self.tested
         return result
+
+
+    def _step_metadata(self) -> dict:
+        """What compiling and capturing the step cost (of this attempt: a resume starts them again)."""
+        found = {}
+        watch = self.step.watch
+        if watch is not None:
+            found.update(compile_seconds=round(watch.seconds, 3), recompiles=watch.recompiles)
+        if self.captured is not None:
+            found["cuda_graph_captures"] = self.captured.captures
+        return found
 
 
 def training_steps(max_epochs: int, steps_per_epoch: int | None, max_steps: int | None) -> int:

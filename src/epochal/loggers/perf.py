@@ -9,6 +9,8 @@ sync (only host clocks and allocator counters):
   data_wait_seconds, data_wait_fraction  time the loop waited for the next batch in the interval
   peak_host_mb, peak_cuda_mb             peak resident host memory, peak CUDA memory allocated
   mfu                                    model FLOPs utilisation, on a GPU when the task knows its FLOPs
+  compile_seconds                        time torch.compile took in the interval (train.compile), left out
+                                         of the step rates above
 
 The clock restarts at each epoch start, so an evaluation or checkpoint between epochs
 does not count as training time; a mid-epoch checkpoint does.
@@ -24,7 +26,7 @@ import torch
 from epochal.callbacks.base import Callback
 
 PERF_KEYS = frozenset({"steps_per_second", "samples_per_second", "tokens_per_second", "data_wait_seconds",
-                       "data_wait_fraction", "peak_host_mb", "peak_cuda_mb", "mfu"})
+                       "data_wait_fraction", "peak_host_mb", "peak_cuda_mb", "mfu", "compile_seconds"})
 
 # Dense bf16 tensor-core peaks in TFLOP/s, by a part of the GPU's name (first match wins).
 PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0),
@@ -54,10 +56,11 @@ class Perf(Callback):
     def __init__(self, batch_size: int, tokens_per_example: int | None, flops_per_example: float | None,
                  peak: float | None):
         self.batch_size, self.tokens, self.flops, self.peak = batch_size, tokens_per_example, flops_per_example, peak
-        self.time, self.step, self.waited = 0.0, 0, 0.0
+        self.time, self.step, self.waited, self.compiled = 0.0, 0, 0.0, 0.0
 
     def _mark(self, run) -> None:
         self.time, self.step, self.waited = time.perf_counter(), run.state.step, run.batches.wait_seconds
+        self.compiled = _compile_seconds(run)
 
     def on_fit_start(self, run) -> None:
         self._mark(run)
@@ -68,12 +71,16 @@ class Perf(Callback):
     def on_log(self, run, step: int, records: list[dict[str, float]]) -> None:
         elapsed, steps = time.perf_counter() - self.time, step - self.step
         waited = run.batches.wait_seconds - self.waited
+        compiled = _compile_seconds(run) - self.compiled
+        elapsed -= compiled
         self._mark(run)
         if steps <= 0 or elapsed <= 0:  # a rollback moved the step back: no interval to measure
             return
         samples = steps * self.batch_size / elapsed
         values = {"steps_per_second": steps / elapsed, "samples_per_second": samples,
                   "data_wait_seconds": waited, "data_wait_fraction": waited / elapsed}
+        if compiled:
+            values["compile_seconds"] = compiled
         if self.tokens:
             values["tokens_per_second"] = samples * self.tokens
         host = peak_host_mb()
@@ -84,3 +91,8 @@ class Perf(Callback):
         if self.flops and self.peak:
             values["mfu"] = self.flops * samples / self.peak
         records[-1].update(values)
+
+
+def _compile_seconds(run) -> float:
+    watch = run.step.watch
+    return 0.0 if watch is None else watch.seconds

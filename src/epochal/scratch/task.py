@@ -70,6 +70,8 @@ WHY_NOT = {
     "train.max_rollbacks": "there is no rollback",
     "train.rollback_lr_scale": "there is no rollback",
     "train.compile": "there is no torch model to compile",
+    "train.cuda_graphs": "the NumPy trainer runs on the CPU",
+    "train.matmul_precision": "NumPy computes in float64",
     "optim.decay_all": "the NumPy AdamW decays every parameter, biases included",
     "ema": "it keeps no average of the weights",
     "early_stop": "it always trains train.max_epochs epochs",

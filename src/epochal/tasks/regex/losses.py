@@ -53,7 +53,8 @@ def normalisers(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """[B, 4]: every row holds the whole batch's kept-position counts per component and its size B."""
     size = len(batch["next_mask"])
     counts = [batch[f"{name}_mask"].sum().clamp_min(1) for name in COMPONENTS]
-    row = torch.stack([*counts, torch.as_tensor(size, device=counts[0].device)]).float()
+    # torch.full, not as_tensor: a fill kernel instead of a host-to-device copy, so the step can be a CUDA graph.
+    row = torch.stack([*counts, torch.full((), size, device=counts[0].device)]).float()
     return row.expand(size, -1)
 
 
@@ -69,7 +70,7 @@ def multitask_terms(
     lambdas = (weights.next, weights.cls, weights.state)
     # Each component's share of the whole batch's mean, so that micro-batches add up.
     weighted = sum(lam * pairs[f"loss_{name}"][0] / norm[i] for i, (lam, name) in enumerate(zip(lambdas, COMPONENTS)))
-    per_example = torch.as_tensor(size, device=norm.device)
+    per_example = torch.full((), size, device=norm.device)
     total = (norm[3] * weighted + size * weights.l1 * l1.float(), per_example)
     return {"loss": total, **pairs, "l1": (size * l1.float(), per_example)}
 
