@@ -33,24 +33,13 @@ test: $(BIN)/.dev-installed
 bench: $(BIN)/.bench-installed
 	$(BIN)/python benchmarks/loop_overhead.py
 
-# The GPU check: the *_gpu.py tests, then benchmarks/gpu_speed.py's table, in at most about five
-# minutes on one GPU. It makes no venv: a GPU machine often has no package index, so it runs from
-# src/ on that machine's own Python and torch (2.11 or later), and installs from .whl/ the
-# pure-Python packages epochal needs that such a machine lacks (`make gpu-wheels` fetches them,
-# on a machine that reaches PyPI). PYTHON=python3 make gpu-check
-GPU_SITE := /tmp/epochal-gpu-site
-GPU_ENV := PYTHONPATH=$(CURDIR)/src:$(GPU_SITE) PYTHONUNBUFFERED=1
-
+# The GPU check (benchmarks/gpu_check.sh says what it runs): PYTHON=python3 make gpu-check on a GPU
+# machine, with no venv. `make gpu-wheels` fetches into .whl/ what such a machine may lack.
 gpu-wheels:
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d .whl $$(grep -i '^tomli.w==' constraints.txt)
 
 gpu-check:
-	@if ls .whl/*.whl >/dev/null 2>&1; then \
-		$(PYTHON) -m pip install -q --no-index --no-deps --no-compile --upgrade --target $(GPU_SITE) .whl/*.whl; fi
-	-$(GPU_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider -o addopts="--timeout=120" -rfE tests/*_gpu.py \
-		| tee gpu-tests.log
-	$(GPU_ENV) $(PYTHON) benchmarks/gpu_speed.py --budget $${GPU_SPEED_BUDGET:-170} --concurrent --json gpu_speed.json \
-		--tests "$$(tail -n 1 gpu-tests.log)"
+	PYTHON=$(PYTHON) bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) results build dist gpu-tests.log gpu_speed.json
