@@ -69,3 +69,7 @@ def test_a_step_that_reads_a_value_on_the_host_is_refused_in_one_line(run_toy, m
         run_toy(settings=GRAPHS)
     assert str(refused.value).startswith("train.cuda_graphs: the step could not be captured (")
     assert "train.cuda_graphs = false" in str(refused.value) and "\n" not in str(refused.value)
+    monkeypatch.setattr(ToyTask, "loss", real)
+    # The refused capture left this process able to draw random numbers on the GPU (dropout) again.
+    after = run_toy("after", settings={**CUDA, "task.dropout": 0.2})
+    assert after.status == "completed"

@@ -45,7 +45,10 @@ def _shapes(batch: Any) -> tuple:
 class CompileWatch:
     """Seconds spent compiling, compiles after the first step, and one warning when shapes keep changing."""
 
-    def __init__(self):
+    def __init__(self, mode: str = "default"):
+        # reduce-overhead replays CUDA graphs whose outputs the next replay overwrites: each step is marked,
+        # and the values a step records are copied out (Step.own_values).
+        self.marks_steps = mode == "reduce-overhead"
         self.seconds = 0.0  # total seconds inside torch's compiler, host wall time
         self.recompiles = 0  # compiles that started after the first step
         self.steps = 0
@@ -70,6 +73,8 @@ class CompileWatch:
         handler.register_start_callback(self._start)
         handler.register_end_callback(self._end)
         try:
+            if self.marks_steps:
+                torch.compiler.cudagraph_mark_step_begin()
             result = fn()
         except torch._dynamo.exc.TorchDynamoException as error:
             raise CompileError(f"train.compile: torch.compile failed: {_first_line(error)}; "

@@ -73,21 +73,23 @@ class CapturedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.eager_left = WARMUP_STEPS
         self.static_batch: Any = None
-        self.static_values: dict[str, torch.Tensor] = {}
+        self.names: list[str] = []  # the recorded values, in the order of static_values
+        self.static_values: torch.Tensor | None = None  # the graph's output: the recorded values, stacked
         self.shapes: list[tuple] = []
         self.lrs: list[torch.Tensor] = []
         self.captures = 0  # how many times the step was captured (once, plus once per checkpoint load)
 
     def release(self) -> None:
         """Forget the graph (a checkpoint was loaded): the next steps warm up and capture again."""
-        self.graph, self.static_batch, self.static_values = None, None, {}
+        self.graph, self.static_batch, self.static_values = None, None, None
         self.eager_left = WARMUP_STEPS
         self.step.optimizer.zero_grad(set_to_none=True)
 
     def __call__(self, batch: Any) -> dict[str, torch.Tensor]:
         groups = self.step.optimizer.param_groups
-        for group in groups:
-            group["capturable"] = True  # also after a checkpoint load brought back its own setting
+        if self.graph is None:
+            for group in groups:
+                group["capturable"] = True  # also after a checkpoint load brought back its own setting
         if not self.lrs:
             self.lrs = [torch.tensor(float(group["lr"]), device=self.device) for group in groups]
         for lr, group in zip(self.lrs, groups):
@@ -105,8 +107,7 @@ class CapturedStep:
         self.graph.replay()
         self.step.scheduler.step()
         # One copy out of the graph's outputs, which the next replay overwrites.
-        packed = torch.stack(list(self.static_values.values()))
-        return dict(zip(self.static_values, packed.unbind()))
+        return dict(zip(self.names, self.static_values.clone().unbind()))
 
     def _eager(self, batch: Any) -> dict[str, torch.Tensor]:
         side = torch.cuda.Stream(self.device)
@@ -137,11 +138,19 @@ class CapturedStep:
         self.shapes = _shapes(batch)
         optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients it writes
         graph = torch.cuda.CUDAGraph()
+        generator = torch.cuda.default_generators[self.device.index if self.device.index is not None
+                                                  else torch.cuda.current_device()]
+        before = generator.clone_state()
         try:
             # thread_local: a checkpoint or tracker thread touching CUDA meanwhile does not void the capture
             with self._rates_in_tensors(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self.static_values = step.update(self.static_batch)
+                values = step.update(self.static_batch)
+                self.names = list(values)
+                self.static_values = torch.stack(list(values.values()))  # one copy out a step, not one a value
         except RuntimeError as error:
+            # A capture that fails leaves torch's CUDA generator in capture mode: every later random draw of
+            # this process would fail. Its state from before the capture is put back.
+            generator.graphsafe_set_state(before)
             first = next((line for line in str(error).splitlines() if line.strip()), "capture failed")
             raise ConfigError(f"train.cuda_graphs: the step could not be captured ({first.strip()}); something in "
                               "the step needs the host (.item(), a Python if on a tensor, a CPU tensor); allowed: "

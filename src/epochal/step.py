@@ -112,6 +112,8 @@ class Step:
         # Under torchrun: DDP's no_sync, so only the last micro-batch's backward all-reduces the gradients.
         self.world, self.no_sync = world, no_sync
         self.watch = watch  # with train.compile: compile seconds, recompiles, a compiler failure as one line
+        # Values a compiled CUDA graph (reduce-overhead) returns are overwritten by its next replay: copy them.
+        self.own_values = watch is not None and watch.marks_steps
         self.optimizer, self.scheduler = optimizer, scheduler
         self.device, self.precision = device, precision
         self.grad_clip, self.grad_accum = grad_clip, grad_accum
@@ -165,7 +167,7 @@ class Step:
                     total = value.detach() * share
                 else:
                     # Read at the log interval: a value without a graph may be the loss function's own state.
-                    total = value.detach() if value.requires_grad else value.clone()
+                    total = value.detach() if value.requires_grad and not self.own_values else value.clone()
                 sums[name] = sums[name] + total if name in sums else total
         least = 1  # a count is at least one example
         if counts and self.world.size > 1:

@@ -73,7 +73,7 @@ class Run:
         self.step = Step(trained, compile_loss(task.loss, train.compile) if compiled else task.loss, self.optimizer,
                          self.scheduler, device, train.precision, train.grad_clip, train.grad_accum, train.guarded,
                          getattr(task, "prepare_batch", None), world, getattr(trained, "no_sync", None),
-                         CompileWatch() if compiled else None)
+                         CompileWatch(train.compile) if compiled else None)
         self.captured: CapturedStep | None = None  # the step as a CUDA graph (train.cuda_graphs)
         if train.cuda_graphs:
             check_capturable(device, train.precision, train.grad_accum, world.size, self.optimizer)
