@@ -480,3 +480,28 @@ metric = "eval_mse"
     trials = optuna.load_study(study_name="pg", storage=postgres_url).get_trials()
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE"]
     assert len(list((sweep_dir / "logs").glob("worker-*.log"))) == 2  # both workers joined the study
+
+
+@pytest.mark.parametrize("visible, placed", [(None, ["0", "0", "1", "1"]), ("5,7", ["5", "5", "7", "7"])])
+def test_workers_per_gpu_puts_k_workers_on_each_visible_gpu(monkeypatch, visible, placed):
+    import torch
+
+    from epochal.sweep import _worker_env, workers_for_gpus
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert workers_for_gpus(2) == 4
+    assert [_worker_env(i, 4, None, per_gpu=2)["CUDA_VISIBLE_DEVICES"] for i in range(4)] == placed
+
+
+def test_workers_per_gpu_without_a_gpu_is_refused_in_one_line(tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_text('task = "toy"\nmetric = "eval_mse"\n[grid]\n"optim.lr" = [0.001]\n')
+    assert main(["sweep", str(spec), "--out", str(tmp_path), "--workers-per-gpu", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "epochal: error: --workers-per-gpu: no CUDA GPU is visible here; allowed here: --workers N"
+    assert main(["sweep", str(spec), "--workers", "2", "--workers-per-gpu", "2"]) == 2
+    assert "--workers and --workers-per-gpu both given" in capsys.readouterr().err

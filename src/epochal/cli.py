@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a search space of settings (Optuna): grid, random or tpe")
     sweep.add_argument("spec", nargs="?", metavar="SPEC.toml", help="the sweep spec (see README, Sweeps)")
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue a sweep folder instead of starting one")
-    sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    sweep.add_argument("--workers", type=int, default=None, help="worker processes on this machine (default 1)")
+    sweep.add_argument("--workers-per-gpu", type=int, metavar="K",
+                       help="K workers on each visible GPU (small models share a GPU well); instead of --workers")
     sweep.add_argument("--storage", metavar="URL",
                        help="SQLAlchemy URL of a shared database (postgresql://...); default: a journal file "
                             "in the sweep folder")
@@ -267,9 +269,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if (args.spec is None) == (args.resume is None):
         raise ConfigError("sweep: give SPEC.toml to start a sweep or --resume SWEEP_DIR to continue one, not both")
+    if args.workers is not None and args.workers_per_gpu is not None:
+        raise ConfigError("sweep: --workers and --workers-per-gpu both given; allowed: one of them")
+    workers = 1 if args.workers is None else args.workers
     if args.resume:
-        return resume_sweep(args.resume, args.workers, args.storage)
-    return start_sweep(args.spec, args.out, args.sweep_id, args.workers, args.storage)
+        return resume_sweep(args.resume, workers, args.storage, workers_per_gpu=args.workers_per_gpu)
+    return start_sweep(args.spec, args.out, args.sweep_id, workers, args.storage, workers_per_gpu=args.workers_per_gpu)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

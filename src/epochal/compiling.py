@@ -57,11 +57,14 @@ class CompileWatch:
         self._started: float | None = None
         self._compiled_this_step = False
 
-    def _start(self, *_args) -> None:
+    def _start(self, args=None) -> None:
         self._started = time.perf_counter()
-        self._compiled_this_step = True
+        # A new graph for dynamo is a (re)compile; recording CUDA graphs (reduce-overhead) or a deferred
+        # backward is part of a compile already counted.
+        trigger = getattr(getattr(args, "callback_trigger", None), "name", "DYNAMO")
+        self._compiled_this_step = self._compiled_this_step or trigger == "DYNAMO"
 
-    def _end(self, *_args) -> None:
+    def _end(self, _args=None) -> None:
         if self._started is not None:
             self.seconds += time.perf_counter() - self._started
             self._started = None
@@ -97,6 +100,7 @@ class CompileWatch:
         shapes = _shapes(batch)
         cause = (f"the batch shapes changed ({self.first_shapes} at the first step, {shapes} now); if only the "
                  "last batch of an epoch is smaller, train.drop_last = true keeps every step the same size"
-                 if shapes != self.first_shapes else "a guard of the compiled step failed again")
+                 if shapes != self.first_shapes else "a guard of the compiled step failed (a Python value or "
+                 "a module's mode it reads changed)")
         warnings.warn(f"train.compile: recompiled {self.recompiles} times after the first step: {cause}",
                       stacklevel=2)

@@ -152,6 +152,29 @@ class DeviceBatches(_Ordered):
         return {"kind": "tensors", "examples": self.n, "tensors_sha256": tensors_sha256(tensors)}
 
 
+class DeviceCopy:
+    """Host batches to the device. On a GPU the copy runs on a side stream, from pinned memory (the loaders
+    here pin on CUDA), so it overlaps the step the GPU is still running; the next step's stream waits for
+    the copy alone. Tensors already on the device are left where they are. Only the copy moves: batches are
+    read in the same order and at the same moments as without it, so what a checkpoint records is the
+    position of the last batch trained on."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def __call__(self, batch: Any) -> Any:
+        if self.stream is None:
+            return to_device(batch, self.device, non_blocking=True)
+        step_stream = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.stream):
+            moved = to_device(batch, self.device, non_blocking=True)
+        step_stream.wait_stream(self.stream)
+        for tensor in leaves(moved):
+            tensor.record_stream(step_stream)  # its memory is not reused while the step still reads it
+        return moved
+
+
 class _SeededFetch(Dataset):
     """Fetches a batch's items after seeding every generator from (seed, epoch, batch) when in a worker."""
 
@@ -182,6 +205,7 @@ class LoaderBatches(_Ordered):
     def __init__(self, dataset: Dataset, device: torch.device, batch_size: int, seed: int, drop_last: bool,
                  workers: int = 0, world: World = ALONE):
         self.dataset, self.device, self.workers = dataset, device, workers
+        self.copy = DeviceCopy(device)
         super().__init__(len(dataset), batch_size, seed, drop_last, world)
 
     def _epoch(self, epoch: int, start: int) -> Iterator[Any]:
@@ -190,7 +214,7 @@ class LoaderBatches(_Ordered):
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
                             generator=_epoch_generator(self.seed, epoch, 1))
         for batch in loader:
-            yield to_device(batch, self.device, non_blocking=True)
+            yield self.copy(batch)
 
     def describe(self) -> dict:
         return {"kind": "Dataset", "dataset": type(self.dataset).__name__, "num_workers": self.workers}
@@ -204,6 +228,7 @@ class UserLoaderBatches(Batches):
             raise ConfigError("train_data: a DataLoader with batch_size=None yields single examples; allowed: a "
                               "DataLoader with a batch_size or a batch_sampler")
         self.loader, self.device, self.seed = loader, device, seed
+        self.copy = DeviceCopy(device)
         self.sampler = getattr(loader.batch_sampler, "sampler", loader.sampler)
         self.rank, self.ranks = world.rank, world.size
         if self.ranks > 1 and isinstance(self.sampler, DistributedSampler):
@@ -260,7 +285,7 @@ class UserLoaderBatches(Batches):
                              generator=_epoch_generator(self.seed, epoch, 1),
                              prefetch_factor=loader.prefetch_factor if loader.num_workers else None)
         for batch in rebuilt:
-            yield to_device(batch, self.device, non_blocking=True)
+            yield self.copy(batch)
 
     def describe(self) -> dict:
         loader = self.loader
@@ -284,6 +309,7 @@ class IterableBatches(Batches):
 
     def __init__(self, loader: DataLoader, device: torch.device, seed: int):
         self.loader, self.device, self.seed = loader, device, seed
+        self.copy = DeviceCopy(device)
 
     def __len__(self) -> int:
         raise TypeError("an iterable dataset has no known number of batches")
@@ -306,7 +332,7 @@ class IterableBatches(Batches):
                 loader.generator = None
         for position, batch in enumerate(batches):
             if position >= start:  # a resume skips what it already trained on
-                yield to_device(batch, self.device, non_blocking=True)
+                yield self.copy(batch)
 
     def describe(self) -> dict:
         return {"kind": "IterableDataset", "dataset": type(self.loader.dataset).__name__,
