@@ -21,7 +21,7 @@ the median over its pairs of neighbouring blocks; the report is the min / median
 max of the runs' ratios, and the median extra microseconds a step. The final
 weights of every epochal loop must be bit-equal to the hand-written one's.
 
-    python benchmarks/loop_overhead.py [--steps 2000] [--repeats 5] [--width 512] [--device auto]
+    python benchmarks/loop_overhead.py [--steps 2000] [--repeats 5] [--width 512] [--device auto] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -261,6 +261,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--only", nargs="*", default=[], help="variant names to run, e.g. tracked/raw (default: all)")
     args = parser.parse_args()
     if args.steps < 2 * BLOCK or args.steps % BLOCK:
         parser.error(f"--steps {args.steps}: allowed: a multiple of {BLOCK}, at least {2 * BLOCK}")
@@ -278,6 +279,11 @@ def main() -> None:
         "fit/raw": ("epochal.fit on a TensorDataset", "", lambda: fit_pairs(cfg, device, args.steps)),
         "lightning/raw": ("Lightning", "", lambda: lightning_pairs(cfg, device, args.steps)),
     }
+    unknown = [name for name in args.only if name not in variants]
+    if unknown:
+        parser.error(f"--only {' '.join(unknown)}: allowed: {', '.join(variants)}")
+    if args.only:
+        variants = {name: variants[name] for name in args.only}
     order = random.Random(0)
     runs: dict[str, list[Pairs]] = {name: [] for name in variants}
     equal: dict[str, bool] = {}

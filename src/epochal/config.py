@@ -166,9 +166,9 @@ class CheckpointConfig:
         _positive(self, "checkpoint", "keep_last")
 
 
-# Tracker name -> (importable module it needs, the pip extra that installs it); csv needs nothing.
-TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "csv": (None, None), "mlflow": ("mlflow", "mlflow"),
-            "wandb": ("wandb", "wandb")}
+# Tracker name -> (importable modules it needs, the pip extra that installs them); csv needs nothing.
+TRACKERS = {"tensorboard": (("tensorboard", "google_crc32c"), "tensorboard"), "csv": ((), None),
+            "mlflow": (("mlflow",), "mlflow"), "wandb": (("wandb",), "wandb")}
 
 
 @dataclass
@@ -188,10 +188,11 @@ class LogConfig:
         for name in self.trackers:
             if name not in TRACKERS:
                 raise ConfigError(f"log.trackers: {name!r} is not a tracker; allowed: {', '.join(TRACKERS)}")
-            module, extra = TRACKERS[name]
-            if module is not None and importlib.util.find_spec(module) is None:
-                raise ConfigError(f"log.trackers: {name!r} needs the {module} package; install it with "
-                                  f"pip install 'epochal[{extra}]'")
+            modules, extra = TRACKERS[name]
+            for module in modules:
+                if importlib.util.find_spec(module) is None:
+                    raise ConfigError(f"log.trackers: {name!r} needs the {module} package; install it with "
+                                      f"pip install 'epochal[{extra}]'")
         if len(set(self.trackers)) != len(self.trackers):
             raise ConfigError(f"log.trackers: {self.trackers} names a tracker twice; allowed: each once")
         if self.profile:
