@@ -22,7 +22,7 @@ dense peak and against a measured 8192^3 bf16 matrix product. ``--concurrent`` a
 trains K = 1, 2, 4 flow-seed runs at once on one GPU (separate processes) and reports
 their summed steps/s: many small trials share a GPU well.
 
-    python benchmarks/gpu_speed.py [--smoke] [--budget SECONDS] [--json FILE] [--only NAME ...]
+    python benchmarks/gpu_speed.py [--smoke] [--budget SECONDS] [--json FILE] [--only NAME ...] [--variants V ...]
 
 ``--smoke`` runs it tiny on the CPU (eager variants only) so that it cannot rot; the
 test suite runs it.
@@ -505,6 +505,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="steps before the first window")
     parser.add_argument("--budget", type=float, default=240.0, help="seconds; variants not started by then are skipped")
     parser.add_argument("--only", nargs="*", default=[], help="workload names to run (default: all)")
+    parser.add_argument("--variants", nargs="*", default=[], choices=VARIANTS, help="variants to run (default: all)")
     parser.add_argument("--concurrent", action="store_true", help="also K = 1, 2, 4 concurrent flow-seed runs")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--tests", default="", help="the GPU tests' summary line, printed above the table")
@@ -518,6 +519,8 @@ def main() -> None:
         parser.error("no CUDA GPU here; allowed: --smoke (tiny, on the CPU)")
     device = torch.device("cpu" if args.smoke else "cuda")
     variants = ("raw", "epochal", "lightning") if device.type == "cpu" else VARIANTS
+    if args.variants:
+        variants = tuple(v for v in variants if v in args.variants)
     if args.smoke:
         args.steps, args.gpt_steps, args.windows, args.warmup = 3, 2, 2, 2
     torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts, in every variant alike
