@@ -542,8 +542,8 @@ def main() -> None:
         workloads = [build() for name, build in builders.items() if not args.only or name in args.only]
         # Phases, most telling first, so that a spent --budget skips the least: eager and graphs for every
         # workload, then Lightning, then the compiled variants (their compiles take the longest).
-        phases = [[v for v in variants if "compile" not in v and v != "lightning"], ["lightning"],
-                  [v for v in variants if "compile" in v]]
+        phases = [[v for v in variants if "compile" not in v and v != "lightning"],
+                  [v for v in variants if v == "lightning"], [v for v in variants if "compile" in v]]
         for phase in phases:
             for w in workloads:
                 for variant in phase:
