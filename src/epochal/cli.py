@@ -19,7 +19,7 @@ from pathlib import Path
 
 from epochal._version import __version__
 from epochal.errors import ConfigError, EpochalError
-from epochal.signals import PREEMPT_SIGNALS, Interrupted, interrupt_outside_runs
+from epochal.signals import Interrupted, ignore_after_the_command, install_outside_runs
 
 SHORTHANDS = {  # flag -> dotted config key
     "epochs": "train.max_epochs",
@@ -292,13 +292,31 @@ COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "report": cm
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Until a run installs its own handlers (signals.py), a signal ends the command with one line.
-    previous = {sig: signal.signal(sig, interrupt_outside_runs) for sig in PREEMPT_SIGNALS} if _main_thread() else {}
+    """The command line. ``argv`` None is this process's own command line (the ``epochal`` program,
+    ``python -m epochal``): a signal after the command has ended is then ignored, so that the process exits
+    with the command's code (signals.ignore_after_the_command). Called
+    with a list (in-process, as the tests do), the signal handlers it installs are put back on return."""
+    # First thing, before any heavy import: until a run installs its own handlers (signals.py), a signal
+    # ends the command with one line and epochal's exit code (75 for a scheduler's, which requeues the job).
+    previous = install_outside_runs() if _main_thread() else {}
+    code = None
+    try:
+        code = _command(argv)
+        return code
+    finally:
+        if argv is None and previous and code is not None:
+            ignore_after_the_command()
+        else:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _command(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except Interrupted as err:
-        print(f"epochal: error: {_rank()}{err}", file=sys.stderr)
+        print(f"epochal: {_rank()}{err}{_again(argv, err)}", file=sys.stderr)
         return err.exit_code
     except EpochalError as err:
         if not getattr(err, "quiet", False):  # a quiet error is one rank 0 of torchrun's processes reports
@@ -317,9 +335,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"epochal: error: {_rank()}another process of this run stopped ({str(err).splitlines()[0][:200]}); "
               "checkpoints written before it are intact: resume the run", file=sys.stderr)
         return 1
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+
+def _again(argv: list[str] | None, err: Interrupted) -> str:
+    """How to carry on after a preemption before the run trained: what the requeued job (or the user) runs."""
+    if err.signum == signal.SIGINT:
+        return ""
+    command = next((word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")), "")
+    if command == "run":
+        return "; the same command with --resume auto starts or continues the run"
+    return "; run the same command again" if command in COMMANDS else ""
 
 
 def _rank() -> str:
