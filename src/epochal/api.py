@@ -5,6 +5,7 @@ Everything here happens around the loop (loop.py); nothing here changes the numb
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -12,6 +13,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from epochal import console
 from epochal import force as force_rules
 from epochal import provenance
 from epochal.callbacks.base import Callback
@@ -113,7 +115,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
     if world.size > 1 and hasattr(task_obj, "own_loop"):
         raise ConfigError(f"task {task_obj.name!r} trains with its own loop; allowed under torchrun: one process")
     device = world.join(device)
-    with PreemptionSignals(agreed=world.size > 1) as signals:
+    with PreemptionSignals(agreed=world.size > 1) as signals, contextlib.ExitStack() as stack:
         config.experiment_id = world.broadcast(config.experiment_id)  # rank 0's, drawn or renamed above
         folder = RunFolder(config.run_dir, writes=world.main)
         if signals.received is not None:
@@ -122,7 +124,12 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
         existing = world.broadcast(world.together(
             lambda: _claim(folder, config, resume, overwrite, created) if world.main else None))
         run_ = None
+
+        def record_warning(category: str, message: str) -> None:  # run_ as it is when the warning comes
+            _record_warning(folder, run_, category, message)
+
         try:
+            stack.enter_context(console.recording(record_warning))
             _check_shared(world, folder, created)
             if hasattr(task_obj, "own_loop"):
                 result = task_obj.own_loop(config, folder, log)
@@ -147,6 +154,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
             _settle_writes(run_)
             raise
         finally:
+            stack.close()  # no warning is recorded into a folder this process no longer holds
             folder.release()
 
 
@@ -158,6 +166,15 @@ def _check_shared(world: World, folder: RunFolder, created: Path | None) -> None
         if world.main:
             folder.remove_created(created, everything=True)
         raise
+
+
+def _record_warning(folder: RunFolder, run: Run | None, category: str, message: str) -> None:
+    """A warning the command line showed, as a history line at the run's step (0 until the run is built)."""
+    step = run.state.step if run is not None else 0
+    try:
+        folder.append_history([{"event": "warning", "step": step, "category": category, "message": message}])
+    except EpochalError:  # a full disk is reported where the run itself writes; warning must never raise
+        pass
 
 
 def _silent(_message: str) -> None:
@@ -242,8 +259,8 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
 def _resume(run: Run, force: bool, log: Callable[[str], None]) -> bool:
     newest = run.store.newest_valid(warn=lambda msg: log(f"warning: {msg}"))
     if newest is None:
-        raise CheckpointError(f"{run.store.folder}: no valid checkpoint to resume from; "
-                              f"the files there are left as they are")
+        raise CheckpointError(f"{run.store.folder}: no valid checkpoint to resume from; the files there are left "
+                              f"as they are; to start over from step 0: epochal resume {run.folder.path} --restart")
     entry, payload = newest
     saved, now = flat(payload["config"]), flat(run.config.to_dict())
     # A setting the checkpoint does not know was added by a later version: it is taken as it is now.

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from epochal._version import __version__
+from epochal.console import console_warnings
 from epochal.errors import ConfigError, EpochalError
 from epochal.signals import Interrupted, ignore_after_the_command, install_outside_runs
 
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     resume.add_argument("--force", action="store_true",
                         help="apply changed settings that can change mid-run (see README); refuse others")
+    resume.add_argument("--restart", action="store_true",
+                        help="start the run over from step 0 with its config.toml, replacing its history, result "
+                             "and checkpoints (for a folder with no checkpoint left to resume from)")
     resume.add_argument("--no-progress", action="store_true")
 
     show = sub.add_parser("show", help="summarise a run folder")
@@ -170,7 +174,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     # The folder may have moved or been renamed since: it is where the run lives now.
     run_dir = run_dir.resolve()
     config.experiment_id, config.out_dir = run_dir.name, str(run_dir.parents[1 if config.group else 0])
-    result = run(task, config, resume="must", force=args.force)
+    if args.restart:  # asked for by name: the folder's earlier attempt is replaced, as --overwrite does
+        result = run(task, config, resume="never", overwrite=True, force=args.force)
+    else:
+        result = run(task, config, resume="must", force=args.force)
     return result.exit_code
 
 
@@ -314,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
 def _command(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        with console_warnings():  # one line each, recorded in the history of a run that trains
+            return COMMANDS[args.command](args)
     except Interrupted as err:
         print(f"epochal: {_rank()}{err}{_again(argv, err)}", file=sys.stderr)
         return err.exit_code
