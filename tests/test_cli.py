@@ -126,3 +126,14 @@ def test_a_warning_on_the_command_line_is_one_line_recorded_in_the_history_and_s
     manifest.unlink()
     with pytest.warns(UserWarning, match="rebuilt from"):  # in-process, the warnings machinery still sees it
         assert run_cli(capsys, *args)[0] == 0
+
+
+@pytest.mark.parametrize("budget, early", [([], False), (["--set", "train.max_steps=10"], True)])
+def test_a_config_refused_once_the_folders_exist_leaves_none_of_them(capsys, tmp_path, budget, early):
+    out = tmp_path / "new" / "results"  # neither exists: the start makes both, and removes both
+    code, stdout, err = run_cli(capsys, "run", "toy", "--epochs", "1", "--set", "schedule.warmup_steps=1000",
+                                *budget, "--no-progress", "--out", str(out), "--id", "x")
+    assert code == 2 and err.count("\n") == 1 and "schedule.warmup_steps: 1000 warmup steps" in err, err
+    assert list(tmp_path.iterdir()) == []
+    # With a step budget it is known before anything is made: no banner, no task built.
+    assert ("train.max_steps is 10" in err and stdout == "") if early else "device cpu" in stdout

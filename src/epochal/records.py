@@ -229,6 +229,8 @@ class RunFolder:
                 break
             try:
                 path.rmdir()
+            except FileNotFoundError:
+                continue  # removed above (everything): its parents this start made go too
             except OSError:
                 break
 
