@@ -6,6 +6,7 @@ Everything here happens around the loop (loop.py); nothing here changes the numb
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -124,12 +125,9 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
         existing = world.broadcast(world.together(
             lambda: _claim(folder, config, resume, overwrite, created) if world.main else None))
         run_ = None
-
-        def record_warning(category: str, message: str) -> None:  # run_ as it is when the warning comes
-            _record_warning(folder, run_, category, message)
-
+        warned = _WarningRecords(folder)
         try:
-            stack.enter_context(console.recording(record_warning))
+            stack.enter_context(console.recording(warned))
             _check_shared(world, folder, created)
             if hasattr(task_obj, "own_loop"):
                 result = task_obj.own_loop(config, folder, log)
@@ -147,6 +145,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
                 return _finished(folder, folder.read_result() or run_.result(), log)
             if run_.state.status == "preempted":
                 run_.state.status, run_.state.stop_reason = "running", ""
+            warned.training(run_)
             result = fit(run_)
             world.barrier()  # no rank leaves while rank 0 still writes: torchrun would stop it
             return _finished(folder, result, log)
@@ -168,13 +167,34 @@ def _check_shared(world: World, folder: RunFolder, created: Path | None) -> None
         raise
 
 
-def _record_warning(folder: RunFolder, run: Run | None, category: str, message: str) -> None:
-    """A warning the command line showed, as a history line at the run's step (0 until the run is built)."""
-    step = run.state.step if run is not None else 0
-    try:
-        folder.append_history([{"event": "warning", "step": step, "category": category, "message": message}])
-    except EpochalError:  # a full disk is reported where the run itself writes; warning must never raise
-        pass
+class _WarningRecords:
+    """The warnings the command line shows during a run, as history lines. Held until the run trains (a
+    refused resume leaves the folder as it was) and then written at the step it starts from; later ones at
+    once, at the run's step. One may come from the checkpoint writer's thread."""
+
+    def __init__(self, folder: RunFolder):
+        self.folder, self.run, self.held = folder, None, []
+        self._lock = threading.Lock()
+
+    def __call__(self, category: str, message: str) -> None:
+        with self._lock:
+            self.held.append({"event": "warning", "step": 0, "category": category, "message": message})
+            if self.run is not None:
+                self._write()
+
+    def training(self, run: Run) -> None:
+        with self._lock:
+            self.run = run
+            self._write()
+
+    def _write(self) -> None:
+        records, self.held = self.held, []
+        for record in records:
+            record["step"] = self.run.state.step
+        try:
+            self.folder.append_history(records)
+        except EpochalError:  # a full disk is reported where the run itself writes; a warning must never raise
+            pass
 
 
 def _silent(_message: str) -> None:
