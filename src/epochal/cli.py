@@ -301,8 +301,8 @@ COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "report": cm
 def main(argv: list[str] | None = None) -> int:
     """The command line. ``argv`` None is this process's own command line (the ``epochal`` program,
     ``python -m epochal``): a signal after the command has ended is then ignored, so that the process exits
-    with the command's code (signals.ignore_after_the_command). Called
-    with a list (in-process, as the tests do), the signal handlers it installs are put back on return."""
+    with the command's code (signals.ignore_after_the_command). Called with a list (in-process, as the
+    tests do), it puts back the signal handlers it found."""
     # First thing, before any heavy import: until a run installs its own handlers (signals.py), a signal
     # ends the command with one line and epochal's exit code (75 for a scheduler's, which requeues the job).
     previous = install_outside_runs() if _main_thread() else {}

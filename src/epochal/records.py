@@ -149,7 +149,8 @@ class RunFolder:
         self.history_path = self.path / "history.jsonl"
         self.result_path = self.path / "result.json"
         self._history = None
-        self._history_lock = threading.Lock()  # a warning may be recorded from a checkpoint's writer thread
+        self._history_lock = threading.RLock()  # a warning may be recorded from the checkpoint writer thread,
+        # or from inside an append (reentrant: that must not deadlock)
         self._lock = FolderLock(self.path)
 
     # ------------------------------------------------------------- claiming it
