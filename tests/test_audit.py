@@ -45,3 +45,15 @@ def test_compare_runs_names_the_first_aspect_that_differs(run_toy):
     other_seed = run_toy("c", settings={"train.seed": 1}).run_dir
     differing = [aspect for aspect, difference in compare_runs(a, other_seed) if difference]
     assert differing[:4] == ["initial weights", "training data", "batch order", "losses"]  # toy data follows the seed
+
+
+def test_a_warning_line_of_the_history_is_not_a_difference_between_runs(tmp_path):
+    from epochal.audit import _normalised
+
+    step = '{"step": 1, "loss": 0.5, "seconds": 0.1}\n'
+    warned = '{"event": "warning", "step": 1, "category": "UserWarning", "message": "once per process"}\n'
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "history.jsonl").write_text(step)
+    (tmp_path / "b" / "history.jsonl").write_text(step + warned)  # e.g. shown again by the resumed process
+    assert _normalised(tmp_path / "a" / "history.jsonl") == _normalised(tmp_path / "b" / "history.jsonl")

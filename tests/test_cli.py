@@ -102,3 +102,38 @@ def test_only_a_failed_collective_under_torchrun_counts_as_a_lost_process(monkey
     assert _lost_peer(gloo)
     assert not _lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))  # a bug keeps its traceback
     assert not _lost_peer(RuntimeError("ProcessGroupGloo does not support reduce_scatter"))  # nor a misuse of gloo
+
+
+def test_a_warning_on_the_command_line_is_one_line_recorded_in_the_history_and_still_a_python_warning(
+        capsys, tmp_path):
+    import json
+    import os
+
+    args = ["run", "toy", "--epochs", "1", "--set", "task.n_train=64", "--set", "checkpoint.every_steps=1",
+            "--no-progress", "--out", str(tmp_path), "--id", "w", "--resume", "auto"]
+    assert run_cli(capsys, *args)[0] == 0
+    manifest = tmp_path / "w" / "checkpoints" / "manifest.json"
+    manifest.unlink()  # the resume rebuilds it, and warns
+    proc = subprocess.run([sys.executable, "-m", "epochal", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "rebuilt from" in lines[0], proc.stderr
+    assert ".py:" not in proc.stderr and "UserWarning" not in proc.stderr  # no source path, no category
+    history = [json.loads(line) for line in (tmp_path / "w" / "history.jsonl").read_text().splitlines()]
+    recorded = [h for h in history if h.get("event") == "warning"]
+    assert len(recorded) == 1 and recorded[0]["message"] == lines[0].removeprefix("warning: ")
+    manifest.unlink()
+    with pytest.warns(UserWarning, match="rebuilt from"):  # in-process, the warnings machinery still sees it
+        assert run_cli(capsys, *args)[0] == 0
+
+
+@pytest.mark.parametrize("budget, early", [([], False), (["--set", "train.max_steps=10"], True)])
+def test_a_config_refused_once_the_folders_exist_leaves_none_of_them(capsys, tmp_path, budget, early):
+    out = tmp_path / "new" / "results"  # neither exists: the start makes both, and removes both
+    code, stdout, err = run_cli(capsys, "run", "toy", "--epochs", "1", "--set", "schedule.warmup_steps=1000",
+                                *budget, "--no-progress", "--out", str(out), "--id", "x")
+    assert code == 2 and err.count("\n") == 1 and "schedule.warmup_steps: 1000 warmup steps" in err, err
+    assert list(tmp_path.iterdir()) == []
+    # With a step budget it is known before anything is made: no banner, no task built.
+    assert ("train.max_steps is 10" in err and stdout == "") if early else "device cpu" in stdout

@@ -240,3 +240,36 @@ def test_random_transforms_give_the_same_batch_whichever_worker_makes_it():
     assert len(one) == 4 and all(torch.equal(a, b) for a, b in zip(one, two))
     assert all(torch.equal(a, b) for a, b in zip(one, batches(1)))
     assert len({tuple(b[0, 1:].tolist()) for b in one}) == 4  # each batch has draws of its own
+
+
+def ranks_loader(world, sampler=None):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from epochal.data import UserLoaderBatches
+
+    data = TensorDataset(torch.arange(8.0))
+    loader = DataLoader(data, batch_size=4, sampler=sampler)  # in order: batches [0..3], [4..7]
+    return UserLoaderBatches(loader, torch.device("cpu"), seed=0, world=world)
+
+
+@pytest.mark.parametrize("rank, expected", [(0, [[0.0, 1.0], [4.0, 5.0]]), (1, [[2.0, 3.0], [6.0, 7.0]])])
+def test_under_torchrun_each_rank_of_a_dataloader_gets_its_part_of_every_global_batch(rank, expected):
+    from epochal.distributed import World
+
+    batches = ranks_loader(World(rank=rank, size=2)).epoch(0)
+    assert [batch[0].tolist() for batch in batches] == expected
+
+
+def test_a_dataloader_s_distributed_sampler_is_refused_under_torchrun_and_accepted_alone():
+    from torch.utils.data import DistributedSampler, TensorDataset
+
+    from epochal.distributed import World
+    from epochal.errors import ConfigError
+
+    def sampler():
+        return DistributedSampler(TensorDataset(torch.arange(8.0)), num_replicas=1, rank=0, shuffle=False)
+
+    with pytest.raises(ConfigError, match="a DataLoader with a DistributedSampler"):
+        ranks_loader(World(rank=0, size=2), sampler())
+    alone = ranks_loader(World(rank=0, size=1), sampler())  # one process: it is the whole data, in order
+    assert [batch[0].tolist() for batch in alone.epoch(0)] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]

@@ -160,3 +160,44 @@ def test_steps_are_numbered_by_epoch_and_evaluated_once_per_epoch_and_where_a_st
     by_steps = run_toy("steps", settings={"train.max_epochs": 3, "train.max_steps": 6})
     assert by_steps.result["eval_steps"] == [4, 6] and by_steps.result["steps"] == 6
     assert by_steps.stop_reason == "max_steps reached" and by_epochs.stop_reason == "max_epochs reached"
+
+
+def test_a_checkpoint_is_written_only_when_decided_and_never_once_the_run_has_failed(tmp_path):
+    from test_checkpoint import PoisonedToy
+
+    from epochal import run
+    from epochal.checkpoint import read_manifest
+
+    settings = {"train.max_epochs": 3, "train.progress": False, "task.n_train": 256, "train.log_every": 2,
+                "log.plots": False, "checkpoint.keep_last": 10}  # 4 steps an epoch, a checkpoint at each epoch end
+
+    def saved(bad_calls, run_id):
+        result = run(PoisonedToy(bad_calls), overrides=settings, out_dir=tmp_path, experiment_id=run_id,
+                     log=lambda _: None)
+        return result, sorted((e["step"], e["file"]) for e in read_manifest(result.run_dir / "checkpoints"))
+
+    clean, files = saved(set(), "clean")
+    assert clean.status == "completed"
+    assert [step for step, _ in files] == [4, 8, 12, 12, 12]  # the epoch ends, then best.pt and last.pt: no more
+    failed, files = saved({6}, "failed")  # NaN at step 6, seen at its fetch: the run fails (nan_policy stop)
+    assert failed.status == "failed"
+    assert {step for step, _ in files} == {4}  # the epoch-1 checkpoint: nothing of the failed state after it
+
+
+@pytest.mark.parametrize("rank, written", [(0, 1), (1, 0)])
+def test_under_torchrun_every_rank_gathers_a_checkpoint_s_state_and_only_rank_0_writes_it(tmp_path, rank, written):
+    from types import SimpleNamespace
+
+    from epochal.decisions import Save
+    from epochal.distributed import World
+    from epochal.state import TrainState
+    from epochal.training import Run
+
+    gathered, submitted = [], []
+    run = SimpleNamespace(state=TrainState(step=4, epoch=1), world=World(rank=rank, size=2), config_dict={},
+                          config_hash="", store=SimpleNamespace(folder=tmp_path),
+                          registry=SimpleNamespace(state_dict=lambda: gathered.append(rank) or {}),
+                          writer=SimpleNamespace(submit=lambda job, what: submitted.append(what), wait=lambda: None))
+    Run.save(run, [Save("epoch")])
+    assert gathered == [rank] and run.last_saved_step == 4  # the gather is a collective: every rank joins it
+    assert len(submitted) == written

@@ -276,6 +276,26 @@ def test_a_resume_with_no_verifiable_checkpoint_is_refused_and_deletes_nothing(c
     assert tree(world) == before
 
 
+@pytest.mark.parametrize("damage", ["deleted", "unreadable"])
+def test_a_resume_with_every_listed_checkpoint_gone_refuses_and_restart_starts_over(capsys, world, damage):
+    run_dir = world / "results" / "preempted"
+    for path in (run_dir / "checkpoints").glob("*.pt"):
+        path.unlink() if damage == "deleted" else path.write_bytes(path.read_bytes()[:100])
+    before = tree(world)
+    code, _, err = cli(capsys, "resume", run_dir)
+    assert code == 1
+    assert_one_line(err, str(run_dir), f"epochal resume {run_dir} --restart")
+    if damage == "deleted":  # the files it names, and the same refusal from `run --resume auto`
+        assert "manifest lists 5 checkpoint(s) (checkpoint_step_00000003.pt, " in err and "none of them is left" in err
+        code, _, err = cli(capsys, "run", "toy", "--out", world / "results", "--id", "preempted", "--resume", "auto",
+                           *FLAGS)
+        assert code == 1 and "none of them is left" in err
+    assert tree(world) == before  # the earlier attempt's history and result are untouched
+    code, out, err = cli(capsys, "resume", run_dir, "--restart")
+    assert code == 0, err
+    assert_same_run(run_dir, world / "results" / "straight")  # from step 0, as its config says
+
+
 def test_retention_deletes_only_files_the_manifest_lists(tmp_path):
     store = CheckpointStore(tmp_path, keep_last=1)
     (tmp_path / "checkpoint_epoch_0000.pt").write_bytes(b"a user's file, or one written before a crash")

@@ -39,16 +39,53 @@ def test_a_signal_once_the_run_folder_exists_leaves_a_preempted_resumable_run(tm
     assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "completed"
 
 
-@pytest.mark.parametrize("delay", [0.1, 0.3, 0.6])
-def test_a_signal_before_any_run_folder_is_one_line_and_writes_nothing(tmp_path, delay):
+@pytest.mark.parametrize("sig, delay", [(signal.SIGTERM, 0.1), (signal.SIGTERM, 0.4), (signal.SIGTERM, 1.0),
+                                        (signal.SIGUSR1, 0.1), (signal.SIGUSR1, 0.6),
+                                        (signal.SIGINT, 0.1), (signal.SIGINT, 0.6)])
+def test_a_signal_during_start_up_is_one_line_and_epochal_s_exit_code(tmp_path, sig, delay):
     proc = start(tmp_path, "toy")
-    time.sleep(delay)  # in the interpreter's start-up or the CLI's imports (torch's import takes NumPy's), before a folder
+    time.sleep(delay)  # the interpreter's start-up, the CLI's imports (torch's takes seconds), or the task's build
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and err.count("\n") <= 1, err
+    if not (tmp_path / "r").exists():  # before the run folder: nothing to save, and nothing written
+        preempted = sig != signal.SIGINT
+        assert proc.returncode == (75 if preempted else 130), err  # 75: a scheduler requeues the job
+        assert err.count("\n") == 1 and (f"preempted by {sig.name}" if preempted else "interrupted by SIGINT") in err
+    else:  # a fast machine reached the run: a preempted run folder (a Ctrl-C there is a preemption too)
+        assert proc.returncode == 75, err
+        assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "preempted"
+
+
+def test_a_run_preempted_during_start_up_starts_with_resume_auto(tmp_path):
+    proc = start(tmp_path, "toy", "--set", "task.n_train=64", "--epochs", "1")
+    time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert not (tmp_path / "r").exists()
-    assert "Traceback" not in err
-    if proc.returncode != -signal.SIGTERM:  # the CLI's handler was installed in time (the usual case)
-        assert proc.returncode == 128 + signal.SIGTERM and err.count("\n") == 1 and "interrupted by SIGTERM" in err
+    assert proc.returncode == 75 and "--resume auto" in err, err
+    again = subprocess.run([sys.executable, "-m", "epochal", "run", "toy", "--set", "task.n_train=64", "--epochs",
+                            "1", "--out", str(tmp_path), "--id", "r", "--no-progress", "--resume", "auto"],
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "completed"
+
+
+def test_a_signal_once_the_command_has_ended_leaves_its_exit_code(monkeypatch):
+    from epochal import cli
+    from epochal.signals import PREEMPT_SIGNALS
+
+    before = {sig: signal.getsignal(sig) for sig in PREEMPT_SIGNALS}
+    ignored = []
+    monkeypatch.setattr(cli, "ignore_after_the_command", lambda: ignored.append(True))
+    monkeypatch.setattr(sys, "argv", ["epochal", "recipe", "walks"])
+    try:
+        assert cli.main() == 0 and ignored  # the program: teardown ignores signals (the default would kill: 143)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    ignored.clear()
+    assert cli.main(["recipe", "walks"]) == 0 and not ignored  # in-process: the caller's handlers come back
+    assert {sig: signal.getsignal(sig) for sig in PREEMPT_SIGNALS} == before
 
 
 def test_under_torchrun_a_signal_counts_once_the_ranks_agree_and_a_second_sigint_does_not_abort():
@@ -81,24 +118,25 @@ def signal_during_import(tmp_path, monkeypatch, name):
 
 @pytest.fixture
 def outside_runs():
-    from epochal.signals import interrupt_outside_runs
+    from epochal.signals import install_outside_runs
 
-    previous = signal.signal(signal.SIGUSR1, interrupt_outside_runs)
+    previous = install_outside_runs()
     yield
-    signal.signal(signal.SIGUSR1, previous)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def test_a_signal_inside_an_import_is_raised_once_the_import_has_finished(tmp_path, monkeypatch, outside_runs):
     from epochal.signals import Interrupted
 
     module = None
-    with pytest.raises(Interrupted, match="interrupted by SIGUSR1 while no run was training") as raised:
+    with pytest.raises(Interrupted, match="preempted by SIGUSR1 while no run was training") as raised:
         module = signal_during_import(tmp_path, monkeypatch, "signals_then_finishes")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             time.sleep(0.01)
     assert module is not None and module.finished  # the import was not cut short
-    assert raised.value.exit_code == 128 + signal.SIGUSR1
+    assert raised.value.exit_code == 75  # a scheduler's signal: requeue the job
 
 
 def test_a_run_that_starts_after_an_import_took_a_signal_has_received_it(tmp_path, monkeypatch, outside_runs):

@@ -298,3 +298,16 @@ def test_step_records_come_back_numbered_with_their_learning_rates_and_are_then_
         records.write({"loss": torch.tensor(1.0), "grad_norm": torch.tensor(1.0)}, 0.5)
     records.discard()
     assert records.fetch(last_step=12, epoch=3) == []
+
+
+def test_a_sum_over_no_examples_is_a_zero_loss_and_no_update_not_a_nan():
+    """A (sum, count) pair with count 0 (e.g. a batch whose tokens are all masked): the count is taken as 1."""
+    def nothing_counted(model, batch):
+        return F.mse_loss(model(batch["x"]), batch["y"], reduction="sum") * 0.0, 0
+
+    torch.manual_seed(0)
+    model = nn.Linear(8, 3)
+    before = copy.deepcopy(model.state_dict())
+    out = sgd_step(model, grad_accum=1, loss_fn=nothing_counted)(batch())
+    assert out["loss"].item() == 0.0  # 0 / max(0, 1), where 0 / 0 would be NaN
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())

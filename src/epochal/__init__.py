@@ -7,11 +7,15 @@ command line's ``--help``, ``--version`` and ``tasks`` do not pay for importing 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from epochal._version import __version__
 
+# Not typing.TYPE_CHECKING: importing typing costs ~20 ms of the command line's start-up, before it can
+# install its signal handlers (cli.main); type checkers read a module constant of this name the same way.
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
+    from typing import Any
+
     from epochal.analysis import load_checkpoint, load_run, save_checkpoint
     from epochal.api import Result, run
     from epochal.callbacks.base import Callback

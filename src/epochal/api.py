@@ -5,6 +5,8 @@ Everything here happens around the loop (loop.py); nothing here changes the numb
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -12,6 +14,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from epochal import console
 from epochal import force as force_rules
 from epochal import provenance
 from epochal.callbacks.base import Callback
@@ -115,7 +118,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
     if world.size > 1 and hasattr(task_obj, "own_loop"):
         raise ConfigError(f"task {task_obj.name!r} trains with its own loop; allowed under torchrun: one process")
     device = world.join(device)
-    with PreemptionSignals(agreed=world.size > 1) as signals:
+    with PreemptionSignals(agreed=world.size > 1) as signals, contextlib.ExitStack() as stack:
         config.experiment_id = world.broadcast(config.experiment_id)  # rank 0's, drawn or renamed above
         folder = RunFolder(config.run_dir, writes=world.main)
         if signals.received is not None:
@@ -124,7 +127,9 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
         existing = world.broadcast(world.together(
             lambda: _claim(folder, config, resume, overwrite, created) if world.main else None))
         run_ = None
+        warned = _WarningRecords(folder)
         try:
+            stack.enter_context(console.recording(warned))
             _check_shared(world, folder, created)
             if hasattr(task_obj, "own_loop"):
                 result = task_obj.own_loop(config, folder, log)
@@ -142,6 +147,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
                 return _finished(folder, folder.read_result() or run_.result(), log)
             if run_.state.status == "preempted":
                 run_.state.status, run_.state.stop_reason = "running", ""
+            warned.training(run_)
             result = fit(run_)
             world.barrier()  # no rank leaves while rank 0 still writes: torchrun would stop it
             return _finished(folder, result, log)
@@ -149,6 +155,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
             _settle_writes(run_)
             raise
         finally:
+            stack.close()  # no warning is recorded into a folder this process no longer holds
             folder.release()
 
 
@@ -160,6 +167,36 @@ def _check_shared(world: World, folder: RunFolder, created: Path | None) -> None
         if world.main:
             folder.remove_created(created, everything=True)
         raise
+
+
+class _WarningRecords:
+    """The warnings the command line shows during a run, as history lines. Held until the run trains (a
+    refused resume leaves the folder as it was) and then written at the step it starts from; later ones at
+    once, at the run's step. One may come from the checkpoint writer's thread."""
+
+    def __init__(self, folder: RunFolder):
+        self.folder, self.run, self.held = folder, None, []
+        self._lock = threading.Lock()
+
+    def __call__(self, category: str, message: str) -> None:
+        with self._lock:
+            self.held.append({"event": "warning", "step": 0, "category": category, "message": message})
+            if self.run is not None:
+                self._write()
+
+    def training(self, run: Run) -> None:
+        with self._lock:
+            self.run = run
+            self._write()
+
+    def _write(self) -> None:
+        records, self.held = self.held, []
+        for record in records:
+            record["step"] = self.run.state.step
+        try:
+            self.folder.append_history(records)
+        except EpochalError:  # a full disk is reported where the run itself writes; a warning must never raise
+            pass
 
 
 def _silent(_message: str) -> None:
@@ -245,8 +282,8 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
 def _resume(run: Run, force: bool, log: Callable[[str], None]) -> bool:
     newest = run.store.newest_valid(warn=lambda msg: log(f"warning: {msg}"))
     if newest is None:
-        raise CheckpointError(f"{run.store.folder}: no valid checkpoint to resume from; "
-                              f"the files there are left as they are")
+        raise CheckpointError(f"{run.store.folder}: no valid checkpoint to resume from; the files there are left "
+                              f"as they are; to start over from step 0: epochal resume {run.folder.path} --restart")
     entry, payload = newest
     saved, now = flat(payload["config"]), flat(run.config.to_dict())
     # A setting the checkpoint does not know was added by a later version: it is taken as it is now.

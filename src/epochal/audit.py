@@ -165,8 +165,9 @@ def _normalised(path: Path):
     volatile = _VOLATILE.get(path.name)
     if volatile is None:
         return path.read_bytes()
-    if path.suffix == ".jsonl":
-        return [_without(json.loads(line), volatile) for line in path.read_text().splitlines()]
+    if path.suffix == ".jsonl":  # a warning line is about the process (Python shows one once per process), not the run
+        records = map(json.loads, path.read_text().splitlines())
+        return [_without(record, volatile) for record in records if record.get("event") != "warning"]
     return _without(json.loads(path.read_text()), volatile)
 
 

@@ -31,9 +31,8 @@ import torch
 
 from epochal.errors import CheckpointError, EpochalError
 from epochal.io import WriteError, atomic_write_bytes, atomic_write_text, fsync_dir, remove_stale_temps, temp_path
-from epochal.records import checkpoint_files
+from epochal.records import MANIFEST, checkpoint_files
 
-MANIFEST = "manifest.json"
 ROLLING_KINDS = ("epoch", "step", "preempt")
 
 

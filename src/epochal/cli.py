@@ -18,8 +18,9 @@ import threading
 from pathlib import Path
 
 from epochal._version import __version__
+from epochal.console import console_warnings
 from epochal.errors import ConfigError, EpochalError
-from epochal.signals import PREEMPT_SIGNALS, Interrupted, interrupt_outside_runs
+from epochal.signals import Interrupted, ignore_after_the_command, install_outside_runs
 
 SHORTHANDS = {  # flag -> dotted config key
     "epochs": "train.max_epochs",
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     resume.add_argument("--force", action="store_true",
                         help="apply changed settings that can change mid-run (see README); refuse others")
+    resume.add_argument("--restart", action="store_true",
+                        help="start the run over from step 0 with its config.toml, replacing its history, result "
+                             "and checkpoints (for a folder with no checkpoint left to resume from)")
     resume.add_argument("--no-progress", action="store_true")
 
     show = sub.add_parser("show", help="summarise a run folder")
@@ -172,7 +176,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     # The folder may have moved or been renamed since: it is where the run lives now.
     run_dir = run_dir.resolve()
     config.experiment_id, config.out_dir = run_dir.name, str(run_dir.parents[1 if config.group else 0])
-    result = run(task, config, resume="must", force=args.force)
+    if args.restart:  # asked for by name: the folder's earlier attempt is replaced, as --overwrite does
+        result = run(task, config, resume="never", overwrite=True, force=args.force)
+    else:
+        result = run(task, config, resume="must", force=args.force)
     return result.exit_code
 
 
@@ -297,13 +304,32 @@ COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "report": cm
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Until a run installs its own handlers (signals.py), a signal ends the command with one line.
-    previous = {sig: signal.signal(sig, interrupt_outside_runs) for sig in PREEMPT_SIGNALS} if _main_thread() else {}
+    """The command line. ``argv`` None is this process's own command line (the ``epochal`` program,
+    ``python -m epochal``): a signal after the command has ended is then ignored, so that the process exits
+    with the command's code (signals.ignore_after_the_command). Called with a list (in-process, as the
+    tests do), it puts back the signal handlers it found."""
+    # First thing, before any heavy import: until a run installs its own handlers (signals.py), a signal
+    # ends the command with one line and epochal's exit code (75 for a scheduler's, which requeues the job).
+    previous = install_outside_runs() if _main_thread() else {}
+    code = None
+    try:
+        code = _command(argv)
+        return code
+    finally:
+        if argv is None and previous and code is not None:
+            ignore_after_the_command()
+        else:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _command(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        with console_warnings():  # one line each, recorded in the history of a run that trains
+            return COMMANDS[args.command](args)
     except Interrupted as err:
-        print(f"epochal: error: {_rank()}{err}", file=sys.stderr)
+        print(f"epochal: {_rank()}{err}{_again(argv, err)}", file=sys.stderr)
         return err.exit_code
     except EpochalError as err:
         if not getattr(err, "quiet", False):  # a quiet error is one rank 0 of torchrun's processes reports
@@ -322,9 +348,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"epochal: error: {_rank()}another process of this run stopped ({str(err).splitlines()[0][:200]}); "
               "checkpoints written before it are intact: resume the run", file=sys.stderr)
         return 1
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+
+def _again(argv: list[str] | None, err: Interrupted) -> str:
+    """How to carry on after a preemption before the run trained: what the requeued job (or the user) runs."""
+    if err.signum == signal.SIGINT:
+        return ""
+    command = next((word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")), "")
+    if command == "run":
+        return "; the same command with --resume auto starts or continues the run"
+    return "; run the same command again" if command in COMMANDS else ""
 
 
 def _rank() -> str:

@@ -504,8 +504,18 @@ def build_config(task: Any, layers: list[dict]) -> RunConfig:
     config = RunConfig(task=build_dataclass(task.Config, task_table, "task"), task_name=name, **top, **sections)
     _default_best_metric(config)
     _check_metric_names(config, tuple(getattr(task, "metrics", ())))
+    _check_warmup(config)
     task.validate(config)
     return config
+
+
+def _check_warmup(config: RunConfig) -> None:
+    """A warmup as long as the step budget: refused here, before any folder, when the budget is set; else
+    the scheduler refuses it once the data is built (training.default_scheduler)."""
+    warmup, budget = config.schedule.warmup_steps, config.train.max_steps
+    if warmup is not None and budget is not None and warmup >= budget:
+        raise ConfigError(f"schedule.warmup_steps: {warmup} warmup steps, but train.max_steps is {budget}; "
+                          "allowed: fewer")
 
 
 def _check_metric_names(config: RunConfig, declared: tuple[str, ...]) -> None:

@@ -26,6 +26,7 @@ import math
 import re
 import secrets
 import shutil
+import threading
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from epochal.lock import LOCK_NAME, FolderLock
 LOCK = LOCK_NAME
 CONFIG = "config.toml"
 CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"  # in checkpoints/: see checkpoint.py
 # Longest experiment_id or group: room for suffixes and well under any file system's name limit.
 MAX_NAME = 100
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -147,6 +149,8 @@ class RunFolder:
         self.history_path = self.path / "history.jsonl"
         self.result_path = self.path / "result.json"
         self._history = None
+        self._history_lock = threading.RLock()  # a warning may be recorded from the checkpoint writer thread,
+        # or from inside an append (reentrant: that must not deadlock)
         self._lock = FolderLock(self.path)
 
     # ------------------------------------------------------------- claiming it
@@ -185,13 +189,25 @@ class RunFolder:
                 self.clear()
                 return False
             if resume != "never" and not existing and occupied:
-                self.clear()  # nothing to resume: start from step 0 in a clean folder
+                self._refuse_lost_checkpoints()
+                self.clear()  # nothing was ever saved: start from step 0 in a clean folder
             if resume != "never" and existing:
                 self.remove_stale_temps()
             return resume != "never" and existing
         except BaseException:
             self.release()
             raise
+
+    def _refuse_lost_checkpoints(self) -> None:
+        """An earlier attempt saved checkpoints (its manifest lists them) and none is left: starting over
+        would replace its history and result without a word. One line instead; the folder stays as it is."""
+        listed = _listed_checkpoints(self.path / CHECKPOINTS / MANIFEST)
+        if not listed:
+            return
+        shown = ", ".join(listed[:4]) + (f" and {len(listed) - 4} more" if len(listed) > 4 else "")
+        raise EpochalError(f"{self.path}: nothing to resume: its manifest lists {len(listed)} checkpoint(s) "
+                           f"({shown}) and none of them is left; the folder is left as it is; to start over "
+                           f"from step 0, replacing its history and result: epochal resume {self.path} --restart")
 
     def remove_stale_temps(self) -> None:
         """Delete the temporary files a killed write left (``.<name>.tmp-<pid>``, never a complete file):
@@ -214,6 +230,8 @@ class RunFolder:
                 break
             try:
                 path.rmdir()
+            except FileNotFoundError:
+                continue  # removed above (everything): its parents this start made go too
             except OSError:
                 break
 
@@ -266,23 +284,25 @@ class RunFolder:
             return []
 
     def _close_history(self) -> None:
-        if self._history is not None:
-            history, self._history = self._history, None
-            try:
-                history.close()
-            except OSError:
-                pass  # a failed flush was already reported by append_history
+        with self._history_lock:
+            if self._history is not None:
+                history, self._history = self._history, None
+                try:
+                    history.close()
+                except OSError:
+                    pass  # a failed flush was already reported by append_history
 
     def append_history(self, records: list[dict]) -> None:
         if not self.writes:
             return
-        try:
-            if self._history is None:
-                self._history = open(self.history_path, "a")
-            self._history.write("".join(map(json_line, records)))
-            self._history.flush()
-        except OSError as err:
-            raise WriteError(self.history_path, err) from None
+        with self._history_lock:
+            try:
+                if self._history is None:
+                    self._history = open(self.history_path, "a")
+                self._history.write("".join(map(json_line, records)))
+                self._history.flush()
+            except OSError as err:
+                raise WriteError(self.history_path, err) from None
 
     def truncate_history(self, step: int, epochs_done: int) -> None:
         """Keep what a checkpoint at (step, epochs_done) already covers; resume rewrites the rest."""
@@ -306,6 +326,18 @@ class RunFolder:
         if not self.result_path.exists():
             return None
         return check_result(read_json(self.result_path, "a result.json written by epochal"), self.result_path)
+
+
+def _listed_checkpoints(manifest: Path) -> list[str]:
+    """The files a manifest.json lists, read leniently (checkpoint.py checks it in full); one that exists
+    but cannot be read counts as listing something: it was written when a checkpoint was."""
+    if not manifest.exists():
+        return []
+    try:
+        entries = json.loads(manifest.read_bytes().decode())["checkpoints"]
+        return [str(entry["file"]) for entry in entries]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"unreadable {MANIFEST}"]
 
 
 def _history_record(line: str) -> dict | None:

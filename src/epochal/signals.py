@@ -27,21 +27,50 @@ class Interrupted(BaseException):
     """A preemption signal while no run is training: before a run folder exists, or between runs.
 
     Not an Exception, like KeyboardInterrupt: libraries guard optional code with ``except Exception``,
-    and one that swallowed it would carry on as if no signal had come.
+    and one that swallowed it would carry on as if no signal had come. A scheduler's SIGTERM or SIGUSR1
+    exits 75 as a preempted run does, so that the job is requeued even when it came during start-up;
+    a Ctrl-C exits 130, as an aborted run does.
     """
 
     def __init__(self, signum: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} while no run was training; "
-                         "nothing was left half-written")
-        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            super().__init__(f"interrupted by {name} while no run was training; nothing was left half-written")
+            self.exit_code = 128 + signum
+        else:
+            super().__init__(f"preempted by {name} while no run was training: nothing to save")
+            self.exit_code = PREEMPTED_EXIT_CODE
+        self.signum = signum
+
+
+def install_outside_runs() -> dict[int, object]:
+    """Install ``interrupt_outside_runs`` for every preemption signal; returns the handlers it replaced.
+    The CLI calls this first thing, before it imports torch (seconds): a signal then is one line, not death."""
+    _raised.clear()
+    return {sig: signal.signal(sig, interrupt_outside_runs) for sig in PREEMPT_SIGNALS}
 
 
 def interrupt_outside_runs(signum, frame) -> None:
     """The CLI's handler until a run installs its own: the command ends with one line (``Interrupted``)."""
+    if _raised:
+        return  # the command is already ending: a second signal must not interrupt its one line
     if _inside_import(frame):
         _defer(signum)
         return
+    _raised.append(signum)
     raise Interrupted(signum)
+
+
+_raised: list[int] = []  # the signal already raised as Interrupted in this command, if any
+
+
+def ignore_after_the_command() -> None:
+    """The command has ended; the interpreter's teardown (torch's, threads') can take a second more. A
+    signal then is ignored, so the process still exits with the command's code: the default action (death
+    by the signal, 143) would read to a scheduler as a failed job. Ignored, not handled: the interpreter
+    puts Python handlers back to the default early in its teardown, SIG_IGN it leaves as it is."""
+    for sig in PREEMPT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 _deferred: list[int] = []  # a signal that came inside an import and still waits to be handled
