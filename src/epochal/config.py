@@ -39,6 +39,7 @@ class TrainConfig:
     max_steps: int | None = None  # optimizer-step budget; the first budget reached ends training (required for iterable data)
     batch_size: int = 64  # examples per optimizer step, whatever grad_accum is; the GLOBAL batch under torchrun, split evenly over the processes (a user's DataLoader sets its own)
     grad_accum: int = 1  # micro-batches per optimizer step: the same update with less memory
+    microbatch: Literal["off", "auto"] = "off"  # auto: a step that runs out of memory is retried on the same batch in 2, 4, ... times the micro-batches, with the same gradient and random numbers, and keeps that split (checkpointed)
     drop_last: bool = False  # drop an epoch's last incomplete batch (keeps every step the same size)
     grad_clip: float = 1.0  # global-norm clipping threshold; 0 turns clipping off (the norm is still logged)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler
@@ -81,6 +82,9 @@ class TrainConfig:
             raise ConfigError(f"train.compile: {self.compile!r} is not a compile mode; allowed: "
                               f"{', '.join(COMPILE_MODES)}, true (default) or false (off)")
         self.compile = compile_mode(self.compile)
+        if self.cuda_graphs and self.microbatch == "auto":
+            raise ConfigError("train.cuda_graphs: a captured step has fixed micro-batches; allowed with "
+                              "train.cuda_graphs = true: train.microbatch = off")
         if self.cuda_graphs and self.compile == "reduce-overhead":
             raise ConfigError("train.cuda_graphs: reduce-overhead compiles CUDA graphs of its own; allowed with "
                               "train.cuda_graphs = true: train.compile = off, default or max-autotune")

@@ -14,6 +14,10 @@ The loop gathers every decision of a moment and carries them out in one place,
   at an epoch boundary ``checkpoint_epoch_NNNN.pt``, mid-epoch ``checkpoint_step_NNNNNNNN.pt``;
   ``best`` and ``gate`` add the links ``best.pt`` and ``checkpoint_gate.pt``; every save
   moves ``last.pt``.
+- ``Split(micro_batches, reason)``: the step ran out of memory (``train.microbatch = "auto"``): its
+  partial gradients and the random numbers it drew are undone, and the same batch is trained
+  again in ``micro_batches`` micro-batches per accumulation chunk, from then on. Decided by the
+  run itself, never by a callback; the loop retries the step after acting on it.
 - ``Continue``: nothing to do; the same as returning ``None``.
 """
 
@@ -46,8 +50,14 @@ class Stop:
     status: Literal["completed", "preempted", "failed"] = "completed"
 
 
-Decision = Union[Continue, Save, RollBack, Stop]
-DECISION_TYPES = (Continue, Save, RollBack, Stop)
+@dataclass(frozen=True)
+class Split:
+    micro_batches: int  # per accumulation chunk, from this step on
+    reason: str
+
+
+Decision = Union[Continue, Save, RollBack, Stop, Split]
+DECISION_TYPES = (Continue, Save, RollBack, Stop)  # what a callback may return
 
 
 def as_decisions(returned: object, callback: object, event: str) -> list[Decision]:

@@ -6,6 +6,9 @@
   test can kill the process in the middle of a write (checkpoint.py).
 - ``EPOCHAL_TEST_STEP_DELAY=S``: every optimizer step is followed by S seconds of sleep, so a
   test can signal a run (or one of torchrun's ranks) while it trains; the numbers do not change.
+- ``EPOCHAL_TEST_OOM_ABOVE=N``: a micro-batch of more than N examples raises torch's
+  OutOfMemoryError after its forward pass (its random numbers drawn), as a GPU that is too
+  small would: ``train.microbatch = "auto"`` is tested with it on a CPU (step.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,13 @@ from epochal.callbacks.base import Callback
 
 KILL_ENV = "EPOCHAL_KILL_AT_STEP"
 DELAY_ENV = "EPOCHAL_TEST_STEP_DELAY"
+OOM_ENV = "EPOCHAL_TEST_OOM_ABOVE"
+
+
+def oom_above() -> int | None:
+    """The micro-batch size above which EPOCHAL_TEST_OOM_ABOVE makes a step run out of memory; None: off."""
+    value = os.environ.get(OOM_ENV)
+    return int(value) if value else None
 
 
 class KillAtStep(Callback):

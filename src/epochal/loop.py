@@ -5,6 +5,7 @@
         on_epoch_start
         for each batch of the epoch, from the saved position on:
             step(batch)                       numerics on the device (step.py); no host sync
+                                              out of memory (microbatch auto): act(Split), the same batch again
             on_step_end                       EMA; may ask for a checkpoint or, on a signal, a stop
             every log_every steps, and before any save or stop:
                 fetch -> on_log               the one host sync: history, console, NaN policy
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import time
 
-from epochal.decisions import Decision, RollBack, Save, Stop
+from epochal.decisions import Decision, RollBack, Save, Split, Stop
 from epochal.training import Run
 
 
@@ -52,7 +53,10 @@ def train_epoch(run: Run) -> bool:
         for batch in run.batches.epoch(state.epoch, state.batch_in_epoch):
             if run.out_of_steps():
                 return False  # the step budget ends training inside this epoch
-            run.train_step(batch)
+            split = run.train_step(batch)
+            while split is not None:  # out of memory: the same batch again, in more micro-batches
+                act(run, [split])
+                split = run.train_step(batch)
             decisions = run.emit("on_step_end")
             evaluate = run.eval_due_at_step()
             if state.step % log_every == 0 or evaluate or any(isinstance(d, (Save, Stop)) for d in decisions):
@@ -73,6 +77,8 @@ def act(run: Run, decisions: list[Decision]) -> bool:
     """Carry out the decisions of one moment; False when training must leave the current epoch."""
     if not decisions:  # most steps
         return not run.state.stopped
+    for split in (d for d in decisions if isinstance(d, Split)):
+        run.split(split)
     rollback = next((d for d in decisions if isinstance(d, RollBack)), None)
     if rollback is not None:
         run.roll_back(rollback)

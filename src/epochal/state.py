@@ -26,6 +26,7 @@ class TrainState:
     train_seconds: float = 0.0  # wall time spent training, summed over resumes
     stop_reason: str = ""  # why training ended or will end; empty while it goes on
     status: str = "running"  # running, completed, preempted, failed
+    micro_batches: int = 1  # per accumulation chunk: what train.microbatch = "auto" settled on after running out of memory
 
     @property
     def stopped(self) -> bool:

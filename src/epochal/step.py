@@ -15,6 +15,7 @@ from typing import Any, Callable, Union
 import torch
 from torch import nn
 
+from epochal import faults
 from epochal.compiling import CompileWatch
 from epochal.distributed import ALONE, World
 from epochal.tree import batch_size, split
@@ -117,6 +118,8 @@ class Step:
         self.optimizer, self.scheduler = optimizer, scheduler
         self.device, self.precision = device, precision
         self.grad_clip, self.grad_accum = grad_clip, grad_accum
+        self.micro_batches = 1  # per accumulation chunk; more after running out of memory (train.microbatch)
+        self.oom_above = faults.oom_above()  # a test's stand-in for a GPU that is too small
         # Only fused optimizers read a found_inf flag: with them a bad step is skipped on the device.
         self.guard_nonfinite = guard_nonfinite and bool(optimizer.defaults.get("fused"))
         # The guard's flag and the unit scale its check multiplies by: allocated once, reused every step.
@@ -205,16 +208,25 @@ class Step:
         torch._amp_foreach_non_finite_check_and_unscale_(values, self.found_inf, self.unit_scale)
 
     def _micro_batches(self, batch: Any) -> list[tuple[Any, float]]:
-        """The micro-batches of one step, each with its share of the batch's examples."""
-        if self.grad_accum == 1:
+        """The micro-batches of one step, each with its share of the batch's examples: ``grad_accum``
+        chunks, each cut into ``micro_batches`` (one split of grad_accum x micro_batches when either is 1)."""
+        if self.grad_accum == 1 and self.micro_batches == 1:
             return [(batch, 1.0)]
         size = batch_size(batch)
-        return [(micro, batch_size(micro) / size) for micro in split(batch, min(self.grad_accum, size))]
+        chunks = split(batch, min(self.grad_accum, size))
+        micros = [m for chunk in chunks for m in split(chunk, min(self.micro_batches, batch_size(chunk)))]
+        return [(micro, batch_size(micro) / size) for micro in micros]
+
+    def most_micro_batches(self, batch: Any) -> int:
+        """The split at which every micro-batch holds one example: splitting further changes nothing."""
+        return max(batch_size(chunk) for chunk in split(batch, min(self.grad_accum, batch_size(batch))))
 
     def _backward(self, micro: Any, share: float) -> dict[str, Loss]:
         """Forward and backward of one micro-batch holding ``share`` of the batch's examples."""
         with autocast(self.device, self.precision):
             parts = loss_parts(self.loss_fn(self.model, micro))
+        if self.oom_above is not None and batch_size(micro) > self.oom_above:
+            raise torch.OutOfMemoryError(f"EPOCHAL_TEST_OOM_ABOVE: {batch_size(micro)} examples > {self.oom_above}")
         loss = parts["loss"]
         if _is_pair(loss):
             loss = loss[0]

@@ -26,9 +26,9 @@ from epochal.checkpoint import BackgroundWriter, CheckpointStore, payload_states
 from epochal.compiling import CompileWatch, compile_loss
 from epochal.config import RunConfig, compile_mode
 from epochal.data import make_batches
-from epochal.decisions import Decision, RollBack, Save, as_decisions
+from epochal.decisions import Decision, RollBack, Save, Split, as_decisions
 from epochal.distributed import ALONE, RanksRNG, World
-from epochal.errors import ConfigError
+from epochal.errors import ConfigError, EpochalError
 from epochal.graphs import CapturedStep, check_capturable, check_fixed_shapes
 from epochal.optim import build_adamw, make_schedule, resolve_warmup_steps
 from epochal.records import RunFolder
@@ -74,6 +74,10 @@ class Run:
                          self.scheduler, device, train.precision, train.grad_clip, train.grad_accum, train.guarded,
                          getattr(task, "prepare_batch", None), world, getattr(trained, "no_sync", None),
                          CompileWatch(train.compile) if compiled else None)
+        if train.microbatch == "auto" and world.size > 1:
+            raise ConfigError("train.microbatch: 'auto' is not supported under torchrun yet (the ranks would have "
+                              "to agree each split); allowed with more than one process: off")
+        self.rng_before_step: dict | None = None  # train.microbatch = "auto": what a retried step draws again
         self.captured: CapturedStep | None = None  # the step as a CUDA graph (train.cuda_graphs)
         if train.cuda_graphs:
             check_capturable(device, train.precision, train.grad_accum, world.size, self.optimizer)
@@ -137,12 +141,47 @@ class Run:
         return decisions
 
     # ------------------------------------------------------------- training
-    def train_step(self, batch) -> None:
-        """One optimizer step; its values stay on the device until ``log``."""
+    def train_step(self, batch) -> Split | None:
+        """One optimizer step; its values stay on the device until ``log``. Out of memory under
+        train.microbatch = "auto": nothing is recorded and the Split to retry the batch with is returned."""
         lr = self.optimizer.param_groups[0]["lr"]
-        self.records.write((self.captured or self.step)(batch), lr)
-        self.state.batch_in_epoch += 1
-        self.state.step += 1
+        self.rng_before_step = capture_rng() if self.config.train.microbatch == "auto" else None
+        try:
+            values = (self.captured or self.step)(batch)
+        except torch.OutOfMemoryError as error:
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        else:
+            self.records.write(values, lr)
+            self.state.batch_in_epoch += 1
+            self.state.step += 1
+            return None
+        return self._split_after(reason, batch)  # outside the except block: the failed attempt's frames are let go
+
+    def _split_after(self, reason: str, batch) -> Split:
+        """The next split to try, or one line when even micro-batches of one example do not fit."""
+        step, now = self.state.step + 1, self.step.micro_batches
+        if self.rng_before_step is None:
+            raise EpochalError(f"step {step} ran out of memory ({reason}); allowed: train.microbatch = \"auto\" "
+                               "(retries the batch in micro-batches, same gradient), a smaller train.batch_size or "
+                               "a larger train.grad_accum")
+        if now >= self.step.most_micro_batches(batch):
+            raise EpochalError(f"train.microbatch: step {step} runs out of memory even in micro-batches of one "
+                               f"example ({reason}{memory_figures(self.device)}); the last checkpoint is kept; "
+                               "allowed: a smaller model, or a device with more memory")
+        return Split(now * 2, f"step {step} ran out of memory ({reason})")
+
+    def split(self, decision: Split) -> None:
+        """Undo the failed attempt (partial gradients, random numbers drawn, cached memory) and train in
+        ``decision.micro_batches`` micro-batches per accumulation chunk from now on."""
+        self.optimizer.zero_grad(set_to_none=True)
+        restore_rng(self.rng_before_step)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.step.micro_batches = self.state.micro_batches = decision.micro_batches
+        self.printer(f"warning: {decision.reason}: retrying it in {decision.micro_batches} micro-batches "
+                     f"(of {self.config.train.grad_accum * decision.micro_batches} a step), and so on from now")
+        self.folder.append_history([{"event": "microbatch", "step": self.state.step + 1,
+                                     "micro_batches": decision.micro_batches, "reason": decision.reason}])
 
     def log(self) -> list[Decision]:
         """Fetch the values of the steps since the last call (the one host sync) and hand them to on_log."""
@@ -247,6 +286,7 @@ class Run:
 
     def restore(self, payload: dict, keep: tuple[str, ...] = ()) -> None:
         self.registry.load_state_dict(payload_states(payload), keep=keep)
+        self.step.micro_batches = self.state.micro_batches  # a split found before the checkpoint is kept
         if self.captured is not None:
             self.captured.release()  # the optimizer's state tensors were replaced: capture again
         self.records.discard()
@@ -309,6 +349,15 @@ class Run:
         if self.captured is not None:
             found["cuda_graph_captures"] = self.captured.captures
         return found
+
+
+def memory_figures(device: torch.device) -> str:
+    """What a failed allocation had to work with, on a GPU."""
+    if device.type != "cuda":
+        return ""
+    total = torch.cuda.get_device_properties(device).total_memory
+    return (f"; {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB at the peak, "
+            f"{torch.cuda.memory_reserved(device) / 2**30:.1f} GiB reserved of {total / 2**30:.1f} GiB")
 
 
 def training_steps(max_epochs: int, steps_per_epoch: int | None, max_steps: int | None) -> int:

@@ -71,6 +71,7 @@ WHY_NOT = {
     "train.rollback_lr_scale": "there is no rollback",
     "train.compile": "there is no torch model to compile",
     "train.cuda_graphs": "the NumPy trainer runs on the CPU",
+    "train.microbatch": "the NumPy trainer runs on the CPU, which does not run out of memory in a step",
     "train.matmul_precision": "NumPy computes in float64",
     "optim.decay_all": "the NumPy AdamW decays every parameter, biases included",
     "ema": "it keeps no average of the weights",
