@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from epochal._version import __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
-    from epochal.analysis import load_checkpoint, load_run, save_checkpoint
+    from epochal.analysis import GateFailedWarning, load_checkpoint, load_run, save_checkpoint
     from epochal.api import Result, run
     from epochal.callbacks.base import Callback
     from epochal.config import RunConfig
@@ -24,6 +24,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "Built": "epochal.tasks",
     "Callback": "epochal.callbacks.base",
     "Continue": "epochal.decisions",
+    "GateFailedWarning": "epochal.analysis",
     "Result": "epochal.api",
     "RollBack": "epochal.decisions",
     "RunConfig": "epochal.config",

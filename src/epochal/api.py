@@ -26,6 +26,7 @@ from epochal.records import RunFolder, check_run_names, default_run_id
 from epochal.resolve import resolve_config
 from epochal.training import Run
 from epochal.signals import PREEMPTED_EXIT_CODE, Interrupted, PreemptionSignals
+from epochal.status import COMPLETED, FINISHED, GATE_FAILED, GATE_FAILED_EXIT_CODE, gate_failure_line, status_of
 from epochal.state import seed_everything
 from epochal.tasks import RunContext, Task
 from epochal.warm_start import warm_start
@@ -38,14 +39,14 @@ RESUME_FREE_KEYS = {"out_dir", "experiment_id", "train.progress"}
 @dataclass
 class Result:
     run_dir: Path
-    status: str  # completed, preempted, failed
+    status: str  # completed, gate_failed, preempted, failed (status.py)
     stop_reason: str
     metrics: dict[str, float]  # last evaluation
     result: dict  # the whole result.json
 
     @property
     def exit_code(self) -> int:
-        return {"completed": 0, "preempted": PREEMPTED_EXIT_CODE}.get(self.status, 1)
+        return {COMPLETED: 0, GATE_FAILED: GATE_FAILED_EXIT_CODE, "preempted": PREEMPTED_EXIT_CODE}.get(self.status, 1)
 
     def _checkpoint_file(self, name: str) -> Path | None:
         path = self.run_dir / "checkpoints" / name
@@ -135,9 +136,11 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
             if not resuming:
                 folder.write_json("env.json", {**provenance.collect(run_.device, config.train.seed), **run_.origin,
                                                **ranks})
-            if run_.state.status in ("completed", "failed"):
-                log(f"{folder.path}: already {run_.state.status} ({run_.state.stop_reason}); nothing to do")
-                return _finished(folder, folder.read_result() or run_.result(), log)
+            finished = _already_finished(run_)
+            if finished is not None:
+                log(f"{folder.path}: already {status_of(finished)} ({finished['metadata']['stop_reason']}); "
+                    "nothing to do")
+                return _finished(folder, finished, log)
             if run_.state.status == "preempted":
                 run_.state.status, run_.state.stop_reason = "running", ""
             result = fit(run_)
@@ -194,10 +197,29 @@ def _claim(folder: RunFolder, config: RunConfig, resume: str, overwrite: bool, c
     return existing
 
 
+def _already_finished(run: Run) -> dict | None:
+    """result.json of a run with nothing left to train: its checkpoint holds a final status, or it stands at the
+    end of its budget (a last epoch checkpoint written before the status was) and result.json says how it ended."""
+    state = run.state
+    if state.status in FINISHED:
+        return run.folder.read_result() or run.result()
+    if state.stopped or not run.out_of_budget():
+        return None  # --force may have lengthened the budget: then it trains on
+    result = run.folder.read_result()
+    if result is None or result.get("steps") != state.step or status_of(result) not in FINISHED:
+        return None
+    return result
+
+
 def _finished(folder: RunFolder, result: dict, log: Callable[[str], None]) -> Result:
-    log(f"{result['status']}: {result['metadata']['stop_reason']}")
+    """The last lines: where the run folder is, then how the run ended (a script reads the last line)."""
+    status = status_of(result)
     log(f"run folder: {folder.path}")
-    return Result(folder.path, result["status"], result["metadata"]["stop_reason"], result["metrics"], result)
+    if status == GATE_FAILED:
+        log(f"{status}: {gate_failure_line(result)} (exit code {GATE_FAILED_EXIT_CODE})")
+    else:
+        log(f"{status}: {result['metadata']['stop_reason']}")
+    return Result(folder.path, status, result["metadata"]["stop_reason"], result["metrics"], result)
 
 
 def _first_missing(path: Path) -> Path | None:

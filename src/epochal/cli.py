@@ -2,7 +2,8 @@
 
 Bad input ends with one line on stderr naming what is wrong and what is
 allowed, exit code 2 for a bad config or argument, 1 for other errors, and no
-traceback. A preempted run exits with 75 after saving a checkpoint.
+traceback. A preempted run exits with 75 after saving a checkpoint; a run that trained to the end
+without passing its gate exits with 3 (status ``gate_failed``, status.py).
 
 Each command imports what it needs when it runs: ``--help``, ``--version``,
 ``tasks`` and ``recipe`` answer without importing torch or any task.
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--loss-scale", choices=["auto", "linear", "log"], default="auto",
                         help="y axis of a run's loss plot (auto: log when the loss spans 10x)")
     report.add_argument("--out", help="where to write the report (default: PATH/report.html)")
+    report.add_argument("--include-failed", action="store_true",
+                        help="sweep report: plot gate-failed points and rank them among the best (default: listed apart)")
 
     sub.add_parser("tasks", help="list the built-in tasks and their recipes")
 
@@ -120,11 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--sort", metavar="KEY", help="sort by a metric, setting or column (--sort=-KEY: descending)")
     runs.add_argument("--desc", action="store_true", help="sort in descending order")
     runs.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    runs.add_argument("--passed", action="store_true",
+                      help="only runs that completed and passed their gate (if any): what analysis should read")
 
     compare = sub.add_parser("compare", help="settings that differ, metrics side by side, where curves diverge")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN")
     compare.add_argument("--rtol", type=float, default=0.0,
                          help="relative difference below which curve values count as equal (default 0: exact)")
+    compare.add_argument("--include-failed", action="store_true",
+                         help="compare gate-failed runs too (by default they are listed apart)")
     return parser
 
 
@@ -188,6 +195,7 @@ def _refuse_script_run(run_dir: Path) -> None:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from epochal.records import check_result, read_json
+    from epochal.status import status_of
 
     run_dir = Path(args.run_dir)
     path = run_dir / "result.json"
@@ -195,7 +203,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise EpochalError(f"{run_dir}: no result.json; allowed: a run folder made by `epochal run`")
     result = check_result(read_json(path, "a result.json written by epochal"), path)
     meta = result["metadata"]
-    print(f"{run_dir}: {result['task']}  status {result['status']}  ({meta.get('stop_reason', '')})")
+    print(f"{run_dir}: {result['task']}  status {status_of(result)}  ({meta.get('stop_reason', '')})")
     print(f"epochs {result['epochs']}  steps {result['steps']}  train seconds {meta.get('train_seconds')}")
     if result["curves"].get("train_loss"):
         print(f"final train loss {result['curves']['train_loss'][-1]}")
@@ -227,7 +235,7 @@ def _cell(value) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     from epochal.report import report
 
-    print(f"report: {report(args.path, args.loss_scale, args.out)}")
+    print(f"report: {report(args.path, args.loss_scale, args.out, include_failed=args.include_failed)}")
     return 0
 
 
@@ -276,14 +284,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from epochal.runs import format_rows, runs_index
 
     sort = f"-{args.sort.lstrip('-')}" if args.sort and args.desc else args.sort
-    print(format_rows(runs_index(args.paths, args.where, sort), args.format))
+    print(format_rows(runs_index(args.paths, args.where, sort, passed=args.passed), args.format))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from epochal.runs import compare
 
-    print(compare(args.run_dirs, args.rtol))
+    print(compare(args.run_dirs, args.rtol, include_failed=args.include_failed))
     return 0
 
 

@@ -25,7 +25,7 @@ class TrainState:
     metrics: dict[str, float] = field(default_factory=dict)  # the latest evaluation
     train_seconds: float = 0.0  # wall time spent training, summed over resumes
     stop_reason: str = ""  # why training ended or will end; empty while it goes on
-    status: str = "running"  # running, completed, preempted, failed
+    status: str = "running"  # running, completed, gate_failed, preempted, failed (status.py)
 
     @property
     def stopped(self) -> bool:

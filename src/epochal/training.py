@@ -118,6 +118,10 @@ class Run:
         train = self.config.train
         return self.state.epoch % train.eval_every == 0 or self.out_of_budget()
 
+    def gate_failed(self) -> bool:
+        """Whether the run has a gate (any task's [gate]) that has not passed."""
+        return any(isinstance(c, Gate) and not c.passed for c in self.callbacks)
+
     # ---------------------------------------------------------------- events
     def emit(self, event: str, *args) -> list[Decision]:
         decisions: list[Decision] = []
