@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from epochal.callbacks.base import Callback
     from epochal.config import RunConfig
     from epochal.decisions import Continue, RollBack, Save, Stop
+    from epochal.ema import EMAModel
     from epochal.script import fit
     from epochal.tasks import Built, RunContext, Task, register_task
 
@@ -24,6 +25,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "Built": "epochal.tasks",
     "Callback": "epochal.callbacks.base",
     "Continue": "epochal.decisions",
+    "EMAModel": "epochal.ema",
     "GateFailedWarning": "epochal.analysis",
     "Result": "epochal.api",
     "RollBack": "epochal.decisions",

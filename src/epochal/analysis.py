@@ -120,7 +120,7 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
     warn_if_gate_failed(run_dir)
     device = torch.device(device)
     with tempfile.TemporaryDirectory() as scratch:
-        built = task.build(config.task, RunContext(Path(scratch), device, config.train.seed, config))
+        built = task.build(config.task, RunContext(Path(scratch), device, config.train.seed, config, saved=run_dir))
     model = built.model.to(device)
     checkpoints = run_dir / "checkpoints"
     if weights == "ema":

@@ -130,7 +130,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
                 folder.write_json("result.json", result)
                 return _finished(folder, result, log)
             run_ = world.together(lambda: _prepare(task_obj, config, folder, [*callbacks, *kill_hooks()], signals,
-                                                   created, log, device, world))
+                                                   created, log, device, world, existing))
             resuming = existing and world.together(lambda: _resume(run_, force, log))
             ranks = {"distributed": world.describe(run_.device)} if world.size > 1 else {}
             if not resuming:
@@ -234,7 +234,7 @@ def _first_missing(path: Path) -> Path | None:
 
 def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[Callback],
              signals: PreemptionSignals, created: Path | None, log: Callable[[str], None], device: torch.device,
-             world: World) -> Run:
+             world: World, resuming: bool = False) -> Run:
     """Seed, build the task and the run; a config error removes a folder made for it."""
     try:
         log(provenance.banner(device))
@@ -245,7 +245,7 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
         for warning in warnings:
             log(f"warning: {warning}")
         seed_everything(config.train.seed, config.train.deterministic)
-        context = RunContext(folder.path, device, config.train.seed, config)
+        context = RunContext(folder.path, device, config.train.seed, config, saved=folder.path if resuming else None)
         built = task.build(config.task, context)
         init = warm_start(built.model, config.init, log)
         run = Run(task, config, folder, built, context, callbacks, signals, log, world)

@@ -70,6 +70,9 @@ class RunContext:
     device: torch.device
     seed: int
     config: "RunConfig"
+    # A run folder whose saved data files (the flow task's normalisation) the build reads back instead of
+    # fitting them again: the run's own folder on resume, the loaded one in load_run; None for a new run.
+    saved: Path | None = None
 
     def numpy_rng(self, purpose: str) -> np.random.Generator:
         """A generator seeded by (seed, purpose): data made with it does not depend on call order."""
