@@ -28,6 +28,7 @@ from epochal.training import Run
 from epochal.signals import PREEMPTED_EXIT_CODE, Interrupted, PreemptionSignals
 from epochal.status import COMPLETED, FINISHED, GATE_FAILED, GATE_FAILED_EXIT_CODE, gate_failure_line, status_of
 from epochal.state import seed_everything
+from epochal.step import amp_precision
 from epochal.tasks import RunContext, Task
 from epochal.warm_start import warm_start
 
@@ -114,6 +115,8 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
     if world.size > 1 and hasattr(task_obj, "own_loop"):
         raise ConfigError(f"task {task_obj.name!r} trains with its own loop; allowed under torchrun: one process")
     device = world.join(device)
+    if config.train.precision == "amp":  # resolved once, here: config.toml and the checkpoints record which
+        config.train.precision = amp_precision(device)
     with PreemptionSignals(agreed=world.size > 1) as signals:
         config.experiment_id = world.broadcast(config.experiment_id)  # rank 0's, drawn or renamed above
         folder = RunFolder(config.run_dir, writes=world.main)

@@ -30,6 +30,8 @@ SHORTHANDS = {  # flag -> dotted config key
     "precision": "train.precision",
     "device": "train.device",
     "init_from": "init.path",
+    "patience": "early_stop.patience",
+    "save_every": "checkpoint.every_epochs",
 }
 
 
@@ -48,6 +50,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="optim.lr")
     p.add_argument("--seed", type=int, help="train.seed")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="train.precision")
+    p.add_argument("--amp", action="store_true", default=None,
+                   help="mixed precision: bf16 autocast where the device supports it, else fp16 with loss "
+                        "scaling (train.precision = \"amp\"); not together with --precision")
+    p.add_argument("--patience", type=int, metavar="N", help="early stopping after N evaluations without "
+                   "improvement of early_stop.metric (early_stop.patience; turns early_stop.enabled on)")
+    p.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N epochs (checkpoint.every_epochs)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
     p.add_argument("--init-from", metavar="PATH", help="start from a run folder's, .pt's or .safetensors' weights (init.path)")
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels (train.deterministic)")
@@ -144,6 +152,13 @@ def _overrides(args: argparse.Namespace) -> dict:
             values[key] = getattr(args, flag)
     if getattr(args, "deterministic", None):
         values["train.deterministic"] = True
+    if getattr(args, "patience", None) is not None:
+        values["early_stop.enabled"] = True  # asking for a patience is asking for early stopping
+    if getattr(args, "amp", None):
+        if getattr(args, "precision", None) is not None:
+            raise ConfigError(f"--amp: chooses the precision itself, but --precision {args.precision} was given too; "
+                              "allowed: one of them")
+        values["train.precision"] = "amp"
     if getattr(args, "no_progress", False):
         values["train.progress"] = False
     if getattr(args, "log", None) is not None:

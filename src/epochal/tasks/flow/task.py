@@ -252,6 +252,7 @@ class FlowTask(Task):
     summary = "conditional flow matching on 2-D/8-D vectors; sample quality against real data's own scores"
     Config = FlowConfig
     metrics = ("val_fm_loss", *SAMPLED_METRICS, "swd_floor")
+    val_loss_metric = "val_fm_loss"  # the flow-matching loss on the validation rows, fixed noise and times
     # Seed 004's locked settings. The CPU recipes flow-moons and flow-8gaussians shorten
     # warmup and EMA decay to fit runs of a few thousand steps.
     defaults = {
