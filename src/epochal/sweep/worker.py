@@ -3,7 +3,7 @@
 A trial is one point; it trains one run per seed, each an ordinary run folder
 ``runs/<point key>-seed<seed>`` that is the source of truth for that (point, seed):
 
-- a run folder whose result.json is final (completed, failed, pruned) is never trained
+- a run folder whose result.json is final (completed, gate_failed, failed, pruned) is never trained
   again: a retried or duplicate trial reads its result;
 - a run folder locked by a live process is being trained: wait for it, then read it;
 - any other run folder is continued from its newest checkpoint (``resume="auto"``),
