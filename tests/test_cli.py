@@ -27,6 +27,9 @@ def run_cli(capsys, *args):
         (["run", "toy", "--set", "early_stop.enabled=true", "--set", "early_stop.metric=\"mse\""],
          "early_stop.metric: 'mse' is not a metric of task 'toy'"),
         (["run", "walks", "--set", "gate.above={edge=0.9}"], "gate.above.edge: 'edge' is not a metric of task 'walks'"),
+        (["run", "toy", "--amp", "--precision", "fp16"], "--amp: chooses the precision itself, but --precision fp16"),
+        (["run", "toy", "--patience", "-1"], "early_stop.patience"),
+        (["run", "toy", "--save-every", "x"], "--save-every: invalid int value: 'x'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_run_folder(capsys, tmp_path, args, fragment):
@@ -69,6 +72,42 @@ def test_shorthand_flags_reach_the_config(capsys, tmp_path):
     text = (tmp_path / "r" / "config.toml").read_text()
     for line in ("max_epochs = 1", "batch_size = 32", "lr = 0.01", "seed = 3"):
         assert line in text
+
+
+def test_seed_003_flags_are_in_help_and_reach_the_config(capsys, tmp_path):
+    import json
+
+    from epochal.cli import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    for flag in ("--patience N", "--save-every N", "--amp"):
+        assert flag in text
+    regex = ["--set", 'task.pattern="(a|b)*a(a|b)"', "--set", 'task.alphabet="ab"', "--set", "task.n_train=200",
+             "--set", "task.n_val=50", "--set", "task.n_test=50", "--set", "task.n_test_ood=20", "--set",
+             "task.max_len=8", "--set", "task.ood_min_len=9", "--set", "task.ood_max_len=10", "--set",
+             "task.d_model=16", "--set", "task.n_heads=2", "--set", "task.d_ff=32", "--set", "log.plots=false"]
+    code, out, _ = run_cli(capsys, "run", "regex", "--patience", "3", "--save-every", "2", "--amp", "--epochs", "4",
+                           "--out", str(tmp_path), "--id", "rx", "--no-progress", *regex)
+    config = (tmp_path / "rx" / "config.toml").read_text()
+    assert code == 0 and 'precision = "bf16"' in config  # --amp on a CPU: bf16 autocast, no loss scaling
+    assert "[early_stop]\nenabled = true" in config and "patience = 3" in config and "every_epochs = 2" in config
+    # Without a best.pt (which saves at its own epochs), --save-every alone decides: epochs 2 and 4.
+    code, _, _ = run_cli(capsys, "run", "toy", "--save-every", "2", "--epochs", "4", "--set", "task.n_train=64",
+                         "--set", 'checkpoint.best_metric=""', "--out", str(tmp_path), "--id", "t", "--no-progress")
+    manifest = json.loads((tmp_path / "t" / "checkpoints" / "manifest.json").read_text())
+    assert code == 0 and {e["epoch"] for e in manifest["checkpoints"] if e["kind"] == "epoch"} == {2, 4}
+
+
+def test_amp_is_bf16_where_the_device_computes_it_else_fp16(monkeypatch):
+    import torch
+
+    from epochal.step import amp_precision
+
+    assert amp_precision(torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert amp_precision(torch.device("cuda")) == "fp16"  # e.g. a V100 or T4: fp16 with a GradScaler
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert amp_precision(torch.device("cuda")) == "bf16"
 
 
 def test_console_script_prints_no_traceback(tmp_path):

@@ -1,12 +1,15 @@
-"""The examples in docs/ run as written."""
+"""The examples in docs/ and the README run as written."""
 
 import re
 from pathlib import Path
+
+import numpy as np
 
 from epochal.checkpoint import CheckpointStore
 from test_resume import SignalAtStep
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+README = DOCS.parent / "README.md"
 
 
 def example(section: str) -> dict:
@@ -38,3 +41,25 @@ def test_the_stateful_callback_example_is_checkpointed_and_resumed(run_toy):
     resumed = SpikeGuard(**never)
     run_toy("stopped", callbacks=[resumed], resume="must")
     assert (resumed.spikes, resumed.lowest) == (straight.spikes, straight.lowest) and straight.spikes > saved["spikes"]
+
+
+def readme_block(heading: str) -> str:
+    """The first python block under ``heading`` of the README."""
+    body = README.read_text().split(f"{heading}\n", 1)[1]
+    return re.search(r"```python\n(.*?)```", body, re.S).group(1)
+
+
+def test_the_readme_shows_seed_002s_example_and_it_runs_as_written(capsys):
+    code = readme_block("### The NumPy reference trainer (seed 002)")
+    seed = (DOCS.parent.parent / "shared" / "seeds")
+    seed_text = next(seed.glob("002_*.txt"), None) if seed.is_dir() else None
+    if seed_text is not None:  # the seed's example from "# Dummy model" on, line for line
+        example = seed_text.read_text().split("## Example Usage\n\n```python\n", 1)[1].split("```", 1)[0]
+        assert example.split("# Dummy model", 1)[1] in code
+    assert code.startswith("from epochal.scratch import AdamW, LRScheduler, Trainer\n")
+    exec(compile(code, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    found = [re.fullmatch(r"Loss: (\d+\.\d{4}), LR: (\d+\.\d{6})", line) for line in lines]
+    assert len(lines) == 10 and all(found), lines
+    losses = np.array([float(m.group(1)) for m in found])
+    assert float(found[0].group(2)) == 0.0 and np.all(np.diff(losses[1:]) < 0), losses

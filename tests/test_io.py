@@ -124,5 +124,5 @@ def test_task_files_are_written_through_io(tmp_path, written):
     plot_samples(rows, rows, tmp_path / "samples.png")
     files = {p.name for p in tmp_path.iterdir()}
     assert {p.name for p in written} == files
-    assert files >= {"fsm.json", "graph.npz", "walks.npz", "normalization_stats.json", "splits.json", "samples.png"}
+    assert files >= {"fsm.json", "graph.npz", "walks.npz", "normalization_stats.pt", "splits.json", "samples.png"}
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())

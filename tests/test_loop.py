@@ -47,7 +47,7 @@ def test_per_step_lr_follows_warmup_cosine(run_toy):
 def test_gate_failure_is_flagged_in_result(run_toy):
     result = run_toy(settings={"train.max_epochs": 1, "gate.below": {"eval_mse": 1e-9}})
     meta = result.result["metadata"]
-    assert result.status == "completed"
+    assert result.status == "gate_failed" and result.exit_code == 3
     assert meta["gate_passed"] is False and "gate not passed" in meta["failure_reason"]
     assert meta["final_eval_mse"] == result.metrics["eval_mse"]
 

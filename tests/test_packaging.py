@@ -188,10 +188,10 @@ def test_without_matplotlib_the_flow_plot_is_skipped_with_one_warning_line(tmp_p
 
 # --- the wheel, installed outside the repository ----------------------------------------------
 
-def run(command: list, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+def run(command: list, cwd: Path, code: int = 0, **kwargs) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     proc = subprocess.run([str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
-    assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    assert proc.returncode == code, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     return proc
 
 
@@ -252,12 +252,14 @@ def test_the_wheel_runs_toy_and_a_flow_recipe_by_name_outside_the_repo(wheel, tm
     run([epochal_bin, "run", "toy", "--epochs", "2", "--no-progress", "--out", "results", "--id", "toy"], work)
     small = ["task.n_samples=2000", "task.hidden=32", "task.depth=1", "task.swd_directions=32", "task.ode_steps=4",
              "schedule.warmup_steps=2"]
+    # Two epochs cannot meet the recipe's quality goal (its gate): the run ends gate_failed, exit code 3.
     run([epochal_bin, "run", "flow", "--config", "flow-moons", "--epochs", "2", "--no-progress", "--out", "results",
-         "--id", "moons", *(arg for s in small for arg in ("--set", s))], work)
-    for run_dir in (work / "results" / "toy", work / "results" / "flow-recipes" / "moons"):
+         "--id", "moons", *(arg for s in small for arg in ("--set", s))], work, code=3)
+    for run_dir, status in ((work / "results" / "toy", "completed"),
+                            (work / "results" / "flow-recipes" / "moons", "gate_failed")):
         result = json.loads((run_dir / "result.json").read_text())
         env = json.loads((run_dir / "env.json").read_text())
-        assert result["status"] == "completed" and result["epochs"] == 2, run_dir
+        assert result["status"] == status and result["epochs"] == 2, run_dir
         assert env["git"]["commit"] == head and env["git"]["source"] == "build stamp", env["git"]
     assert (work / "results" / "flow-recipes" / "moons" / "samples.png").exists()
 

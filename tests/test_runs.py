@@ -31,7 +31,8 @@ def test_runs_table_shows_what_differs_and_the_metrics(three_runs, tmp_path, cap
     assert code == 0 and rows.keys() == three_runs.keys()
     for name, res in three_runs.items():
         row = rows[name]
-        assert row["status"] == res["status"] == "completed" and row["task"] == "toy"
+        passed = res["metadata"]["gate_passed"]
+        assert row["status"] == res["status"] == ("completed" if passed else "gate_failed") and row["task"] == "toy"
         assert row["eval_mse"] == res["metrics"]["eval_mse"]
         assert row["train_loss"] == res["curves"]["train_loss"][-1]
         assert row["best_eval_mse"] == res["best"]["value"]
@@ -89,8 +90,39 @@ def test_a_run_killed_without_a_final_result_is_interrupted(three_runs, tmp_path
     assert json.loads(out)[0]["status"] == "interrupted"
 
 
-def test_compare_settings_metrics_and_where_curves_diverge(three_runs, tmp_path, capsys):
+def test_passed_keeps_only_runs_that_passed_their_gate_and_json_carries_the_status(three_runs, tmp_path, capsys):
+    code, out, _ = cli(capsys, "runs", tmp_path, "--format", "json", "--passed")
+    kept = sorted(os.path.basename(r["run"]) for r in json.loads(out))
+    assert code == 0 and kept == sorted(n for n, r in three_runs.items() if r["metadata"]["gate_passed"])
+    assert "slow" not in kept and three_runs["slow"]["status"] == "gate_failed"
+    code, out, _ = cli(capsys, "runs", tmp_path)
+    assert code == 0 and next(line for line in out.splitlines() if line.startswith(str(tmp_path / "slow"))).split()[2] == "gate_failed"
+
+
+def test_a_folder_written_before_gate_failed_existed_is_read_as_gate_failed(three_runs, tmp_path, capsys):
+    folder = tmp_path / "slow"
+    old = {**three_runs["slow"], "status": "completed"}  # what epochal wrote before: only gate_passed told
+    (folder / "result.json").write_text(json.dumps(old))
+    code, out, _ = cli(capsys, "runs", folder, "--format", "json")
+    assert code == 0 and json.loads(out)[0]["status"] == "gate_failed"
+    code, out, _ = cli(capsys, "show", folder)
+    assert "status gate_failed" in out
+
+
+def test_compare_lists_gate_failed_runs_apart_unless_included(three_runs, tmp_path, capsys):
     code, out, _ = cli(capsys, "compare", tmp_path / "fast", tmp_path / "fast-seed1", tmp_path / "slow")
+    lines = out.splitlines()
+    assert code == 0 and lines[:2] == [f"A = {tmp_path / 'fast'}", f"B = {tmp_path / 'fast-seed1'}"]
+    assert lines[2].startswith(f"left out (gate_failed; --include-failed compares them): {tmp_path / 'slow'}: "
+                               "gate not passed")
+    assert not any(line.strip().startswith("train_loss C vs A") for line in lines)
+    code, _, err = cli(capsys, "compare", tmp_path / "fast", tmp_path / "slow")
+    assert code == 2 and err.count("\n") == 1 and "1 are gate_failed" in err and "--include-failed" in err
+
+
+def test_compare_settings_metrics_and_where_curves_diverge(three_runs, tmp_path, capsys):
+    code, out, _ = cli(capsys, "compare", tmp_path / "fast", tmp_path / "fast-seed1", tmp_path / "slow",
+                       "--include-failed")
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == f"A = {tmp_path / 'fast'}"

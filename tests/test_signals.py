@@ -23,7 +23,7 @@ def start(tmp_path, *args):
 
 @pytest.mark.slow
 def test_a_signal_once_the_run_folder_exists_leaves_a_preempted_resumable_run(tmp_path):
-    proc = start(tmp_path, "walks", *WALKS)
+    proc = start(tmp_path, "walks", *WALKS, "--set", "gate.above={}")  # no gate: one epoch ends completed
     config = tmp_path / "r" / "config.toml"
     deadline = time.monotonic() + 60
     while not config.exists() and time.monotonic() < deadline:  # written before the task is built

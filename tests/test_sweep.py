@@ -256,12 +256,14 @@ metric = "eval_mse"
     sweep_dir = tmp_path / "gated"
     points = {p["params"]["optim.lr"]: p for p in json.loads((sweep_dir / "sweep.json").read_text())["points"]}
     assert points[3e-2]["status"] == "completed" and points[3e-2]["gate_passed"] is True
-    assert points[1e-4]["status"] == "failed" and "gate not passed (eval_mse < 0.3)" in points[1e-4]["failure_reason"]
+    # A point whose run trained to the end without passing the gate says so in the runs' vocabulary.
+    assert points[1e-4]["status"] == "gate_failed" and "gate not passed (eval_mse < 0.3)" in points[1e-4]["failure_reason"]
     assert points[-1.0]["status"] == "failed" and "optim.lr: -1.0 must be positive" in points[-1.0]["failure_reason"]
     code, out, _ = cli(capsys, "runs", sweep_dir, "--format", "json")
     rows = {r["optim.lr"]: r for r in json.loads(out)}
     assert rows.keys() == {1e-4, 3e-2}  # the invalid point never made a run folder
     assert rows[1e-4]["gate_passed"] is False and "gate not passed" in rows[1e-4]["failure_reason"]
+    assert rows[1e-4]["status"] == "gate_failed"
     code, out, _ = cli(capsys, "runs", sweep_dir, "--where", "gate_passed=true", "--format", "json")
     assert [r["run"] for r in json.loads(out)] == [rows[3e-2]["run"]]
 

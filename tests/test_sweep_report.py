@@ -83,11 +83,41 @@ def test_each_parameter_gets_the_axis_its_spec_samples_on():
     assert [t.get_text() for t in batch.get_xticklabels()] == ["32", "64", "128"]
     assert parameter_figure(summary(), "task.hidden", space["task.hidden"]).axes[0].get_xscale() == "linear"
     assert parameter_figure(summary(points=[POINTS[2]]), "optim.lr", space["optim.lr"]) is None
-    # A failed point whose seeds gave a value (a gate not passed) is crossed where it fell.
-    gated = dict(point(7, None, "failed", lr=2e-4, reason="seed 0: gate not passed"), values={"0": 0.7})
-    lines = parameter_figure(summary(points=[*POINTS, gated]), "optim.lr", space["optim.lr"]).axes[0].get_lines()
-    crossed = [line for line in lines if line.get_marker() == "x"]
-    assert len(crossed) == 1 and crossed[0].get_xydata().tolist() == [[2e-4, 0.7]]
+
+
+
+def crossed(points, include_failed):
+    space = parse_spec({"task": "toy", "metric": "eval_mse", **tomllib.loads(SPEC)}).space
+    figure = parameter_figure(summary(points=points), "optim.lr", space["optim.lr"], include_failed)
+    return [line.get_xydata().tolist() for line in figure.axes[0].get_lines() if line.get_marker() == "x"]
+
+
+GATED = dict(point(7, None, "gate_failed", lr=2e-4, reason="seed 0: gate not passed"), values={"0": 0.7})
+# What a sweep wrote before gate_failed existed: failed, with the seeds' values and gate_passed false.
+OLD_GATED = dict(point(8, None, "failed", lr=3e-4, reason="seed 0: gate not passed"), values={"0": 0.01},
+                 gate_passed=False)
+
+
+def test_gate_failed_points_stay_out_of_the_plots_and_the_best_table_unless_included():
+    assert crossed([*POINTS, GATED, OLD_GATED], include_failed=False) == []
+    assert crossed([*POINTS, GATED, OLD_GATED], include_failed=True) == [[[2e-4, 0.7], [3e-4, 0.01]]]
+    assert "p8" not in [e["point"] for e in best_points(summary(points=[*POINTS, GATED, OLD_GATED]))]
+    best = best_points(summary(points=[*POINTS, GATED, OLD_GATED]), include_failed=True)
+    assert best[0]["point"] == "p8" and best[0]["value"] == 0.01
+    assert [e["point"] for e in stopped_points(summary(points=[*POINTS, GATED, OLD_GATED]))] == ["p2", "p4"]
+
+
+def test_the_sweep_report_lists_gate_failed_points_apart_and_says_how_many_it_left_out(tmp_path, capsys):
+    folder = sweep_folder(tmp_path, summary(points=[*POINTS, GATED, OLD_GATED]))
+    html = sweep_report(folder).read_text()
+    assert "<th>gate-failed points</th><td>2, left out of the best points and plots, listed apart</td>" in html
+    apart = html.split("<h2>Gate-failed points (left out of the best points and the plots)</h2>")[1].split("<h2>")[0]
+    assert "p7" in apart and "p8" in apart and "badge gate_failed" in apart
+    best = html.split("<h2>Best points")[1].split("<h2>")[0]
+    assert "p7" not in best and "p8" not in best
+    assert main(["report", str(folder), "--include-failed"]) == 0
+    html = (folder / "report.html").read_text()
+    assert "p8" in html.split("<h2>Best points")[1].split("<h2>")[0]
 
 
 def test_plots_and_the_report_are_written_through_io(tmp_path, written):
@@ -155,7 +185,7 @@ def test_sweep_report_opens_in_chromium_and_lists_every_trial_and_the_failed_one
     assert main(["sweep", str(tmp_path / "spec.toml"), "--out", str(tmp_path), "--id", "rand"]) == 0
     sweep_dir = tmp_path / "rand"
     points = json.loads((sweep_dir / "sweep.json").read_text())["points"]
-    failed = [p for p in points if p["status"] == "failed"]
+    failed = [p for p in points if p["status"] == "gate_failed"]
     assert len(points) == 3 and len(failed) == 1 and "gate not passed" in failed[0]["failure_reason"]
     capsys.readouterr()
     assert main(["report", str(sweep_dir)]) == 0
@@ -168,9 +198,9 @@ def test_sweep_report_opens_in_chromium_and_lists_every_trial_and_the_failed_one
     assert [re.search(r"<td>([0-9a-f]{12})</td>", row).group(1) for row in rows] == [
         p["point"] for p in sorted(points, key=lambda p: p["trials"][0])]
     failed_row = next(row for row in rows if failed[0]["point"] in row)
-    assert "badge failed" in failed_row and "gate not passed (eval_mse &lt; 0.3)" in failed_row
+    assert "badge gate_failed" in failed_row and "gate not passed (eval_mse &lt; 0.3)" in failed_row
     assert f'href="runs/{failed[0]["point"]}-seed0/"' in failed_row
-    stopped = html.split("<h2>Failed and pruned points</h2>")[1].split("<h2>")[0]
+    stopped = html.split("<h2>Gate-failed points (left out of the best points and the plots)</h2>")[1].split("<h2>")[0]
     assert failed[0]["point"] in stopped and "gate not passed" in stopped
     checked = sweep_dir / "checked.html"  # next to report.html: the same relative links
     checked.write_text(html.replace("</head>", CHECK + "</head>"))

@@ -16,11 +16,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
     from typing import Any
 
-    from epochal.analysis import load_checkpoint, load_run, save_checkpoint
+    from epochal.analysis import GateFailedWarning, load_checkpoint, load_run, save_checkpoint
     from epochal.api import Result, run
     from epochal.callbacks.base import Callback
     from epochal.config import RunConfig
     from epochal.decisions import Continue, RollBack, Save, Stop
+    from epochal.ema import EMAModel
     from epochal.script import fit
     from epochal.tasks import Built, RunContext, Task, register_task
 
@@ -28,6 +29,8 @@ _EXPORTS = {  # public name -> the module that defines it
     "Built": "epochal.tasks",
     "Callback": "epochal.callbacks.base",
     "Continue": "epochal.decisions",
+    "EMAModel": "epochal.ema",
+    "GateFailedWarning": "epochal.analysis",
     "Result": "epochal.api",
     "RollBack": "epochal.decisions",
     "RunConfig": "epochal.config",

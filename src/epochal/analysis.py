@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,17 @@ from epochal.checkpoint import (load_file, payload_states, read_manifest, serial
 from epochal.config import RunConfig, load_toml
 from epochal.errors import CheckpointError, EpochalError
 from epochal.io import atomic_write_bytes, atomic_write_text
+from epochal.records import RunFolder
 from epochal.resolve import resolve_config
+from epochal.status import GATE_FAILED, gate_failure_line, status_of
 from epochal.tasks import RunContext, Task
 
 SIDECAR = ".sha256"
+
+
+class GateFailedWarning(UserWarning):
+    """A run that never passed its gate was loaded: seed 001 leaves such configs out of analysis.
+    ``warnings.simplefilter("error", epochal.GateFailedWarning)`` turns it into a refusal."""
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -109,9 +117,10 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
     if not (run_dir / "config.toml").is_file():
         raise EpochalError(f"{run_dir}: not a run folder (no config.toml); allowed: a folder made by `epochal run`")
     task, config = resolve_config(None, load_toml(run_dir / "config.toml", label=""))
+    warn_if_gate_failed(run_dir)
     device = torch.device(device)
     with tempfile.TemporaryDirectory() as scratch:
-        built = task.build(config.task, RunContext(Path(scratch), device, config.train.seed, config))
+        built = task.build(config.task, RunContext(Path(scratch), device, config.train.seed, config, saved=run_dir))
     model = built.model.to(device)
     checkpoints = run_dir / "checkpoints"
     if weights == "ema":
@@ -123,3 +132,11 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
     else:
         raise EpochalError(f"weights: {weights!r}; allowed: last, best, ema")
     return LoadedRun(model, config, task, built.eval_context)
+
+
+def warn_if_gate_failed(run_dir: Path) -> None:
+    """A GateFailedWarning naming the gate failure when result.json says (or, in an older folder, means) one."""
+    result = RunFolder(run_dir, writes=False).read_result()
+    if result is not None and status_of(result) == GATE_FAILED:
+        warnings.warn(f"{run_dir}: {GATE_FAILED}: {gate_failure_line(result)}; a failed config (seed 001 leaves "
+                      "it out of analysis)", GateFailedWarning, stacklevel=3)

@@ -29,7 +29,9 @@ from epochal.records import RunFolder, check_run_names, default_run_id
 from epochal.resolve import resolve_config
 from epochal.training import Run
 from epochal.signals import PREEMPTED_EXIT_CODE, Interrupted, PreemptionSignals
+from epochal.status import COMPLETED, FINISHED, GATE_FAILED, GATE_FAILED_EXIT_CODE, gate_failure_line, status_of
 from epochal.state import seed_everything, set_matmul_precision
+from epochal.step import amp_precision
 from epochal.tasks import RunContext, Task
 from epochal.warm_start import warm_start
 
@@ -43,14 +45,14 @@ RESUME_FREE_KEYS = {"out_dir", "experiment_id", "train.progress", "train.compile
 @dataclass
 class Result:
     run_dir: Path
-    status: str  # completed, preempted, failed
+    status: str  # completed, gate_failed, preempted, failed (status.py)
     stop_reason: str
     metrics: dict[str, float]  # last evaluation
     result: dict  # the whole result.json
 
     @property
     def exit_code(self) -> int:
-        return {"completed": 0, "preempted": PREEMPTED_EXIT_CODE}.get(self.status, 1)
+        return {COMPLETED: 0, GATE_FAILED: GATE_FAILED_EXIT_CODE, "preempted": PREEMPTED_EXIT_CODE}.get(self.status, 1)
 
     def _checkpoint_file(self, name: str) -> Path | None:
         path = self.run_dir / "checkpoints" / name
@@ -118,6 +120,8 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
     if world.size > 1 and hasattr(task_obj, "own_loop"):
         raise ConfigError(f"task {task_obj.name!r} trains with its own loop; allowed under torchrun: one process")
     device = world.join(device)
+    if config.train.precision == "amp":  # resolved once, here: config.toml and the checkpoints record which
+        config.train.precision = amp_precision(device)
     with PreemptionSignals(agreed=world.size > 1) as signals, contextlib.ExitStack() as stack:
         config.experiment_id = world.broadcast(config.experiment_id)  # rank 0's, drawn or renamed above
         folder = RunFolder(config.run_dir, writes=world.main)
@@ -136,15 +140,17 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
                 folder.write_json("result.json", result)
                 return _finished(folder, result, log)
             run_ = world.together(lambda: _prepare(task_obj, config, folder, [*callbacks, *kill_hooks()], signals,
-                                                   created, log, device, world))
+                                                   created, log, device, world, existing))
             resuming = existing and world.together(lambda: _resume(run_, force, log))
             ranks = {"distributed": world.describe(run_.device)} if world.size > 1 else {}
             if not resuming:
                 folder.write_json("env.json", {**provenance.collect(run_.device, config.train.seed), **run_.origin,
                                                **ranks})
-            if run_.state.status in ("completed", "failed"):
-                log(f"{folder.path}: already {run_.state.status} ({run_.state.stop_reason}); nothing to do")
-                return _finished(folder, folder.read_result() or run_.result(), log)
+            finished = _already_finished(run_)
+            if finished is not None:
+                log(f"{folder.path}: already {status_of(finished)} ({finished['metadata']['stop_reason']}); "
+                    "nothing to do")
+                return _finished(folder, finished, log)
             if run_.state.status == "preempted":
                 run_.state.status, run_.state.stop_reason = "running", ""
             warned.training(run_)
@@ -233,10 +239,29 @@ def _claim(folder: RunFolder, config: RunConfig, resume: str, overwrite: bool, c
     return existing
 
 
+def _already_finished(run: Run) -> dict | None:
+    """result.json of a run with nothing left to train: its checkpoint holds a final status, or it stands at the
+    end of its budget (a last epoch checkpoint written before the status was) and result.json says how it ended."""
+    state = run.state
+    if state.status in FINISHED:
+        return run.folder.read_result() or run.result()
+    if state.stopped or not run.out_of_budget():
+        return None  # --force may have lengthened the budget: then it trains on
+    result = run.folder.read_result()
+    if result is None or result.get("steps") != state.step or status_of(result) not in FINISHED:
+        return None
+    return result
+
+
 def _finished(folder: RunFolder, result: dict, log: Callable[[str], None]) -> Result:
-    log(f"{result['status']}: {result['metadata']['stop_reason']}")
+    """The last lines: where the run folder is, then how the run ended (a script reads the last line)."""
+    status = status_of(result)
     log(f"run folder: {folder.path}")
-    return Result(folder.path, result["status"], result["metadata"]["stop_reason"], result["metrics"], result)
+    if status == GATE_FAILED:
+        log(f"{status}: {gate_failure_line(result)} (exit code {GATE_FAILED_EXIT_CODE})")
+    else:
+        log(f"{status}: {result['metadata']['stop_reason']}")
+    return Result(folder.path, status, result["metadata"]["stop_reason"], result["metrics"], result)
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -251,7 +276,7 @@ def _first_missing(path: Path) -> Path | None:
 
 def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[Callback],
              signals: PreemptionSignals, created: Path | None, log: Callable[[str], None], device: torch.device,
-             world: World) -> Run:
+             world: World, resuming: bool = False) -> Run:
     """Seed, build the task and the run; a config error removes a folder made for it."""
     try:
         log(provenance.banner(device))
@@ -263,7 +288,7 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
             log(f"warning: {warning}")
         seed_everything(config.train.seed, config.train.deterministic)
         set_matmul_precision(config.train.matmul_precision, config.train.deterministic)
-        context = RunContext(folder.path, device, config.train.seed, config)
+        context = RunContext(folder.path, device, config.train.seed, config, saved=folder.path if resuming else None)
         built = task.build(config.task, context)
         init = warm_start(built.model, config.init, log)
         run = Run(task, config, folder, built, context, callbacks, signals, log, world)

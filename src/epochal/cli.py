@@ -2,7 +2,8 @@
 
 Bad input ends with one line on stderr naming what is wrong and what is
 allowed, exit code 2 for a bad config or argument, 1 for other errors, and no
-traceback. A preempted run exits with 75 after saving a checkpoint.
+traceback. A preempted run exits with 75 after saving a checkpoint; a run that trained to the end
+without passing its gate exits with 3 (status ``gate_failed``, status.py).
 
 Each command imports what it needs when it runs: ``--help``, ``--version``,
 ``tasks`` and ``recipe`` answer without importing torch or any task.
@@ -30,6 +31,8 @@ SHORTHANDS = {  # flag -> dotted config key
     "precision": "train.precision",
     "device": "train.device",
     "init_from": "init.path",
+    "patience": "early_stop.patience",
+    "save_every": "checkpoint.every_epochs",
 }
 
 
@@ -48,6 +51,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="optim.lr")
     p.add_argument("--seed", type=int, help="train.seed")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="train.precision")
+    p.add_argument("--amp", action="store_true", default=None,
+                   help="mixed precision: bf16 autocast where the device supports it, else fp16 with loss "
+                        "scaling (train.precision = \"amp\"); not together with --precision")
+    p.add_argument("--patience", type=int, metavar="N", help="early stopping after N evaluations without "
+                   "improvement of early_stop.metric (early_stop.patience; turns early_stop.enabled on)")
+    p.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N epochs (checkpoint.every_epochs)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
     p.add_argument("--init-from", metavar="PATH", help="start from a run folder's, .pt's or .safetensors' weights (init.path)")
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels (train.deterministic)")
@@ -94,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--loss-scale", choices=["auto", "linear", "log"], default="auto",
                         help="y axis of a run's loss plot (auto: log when the loss spans 10x)")
     report.add_argument("--out", help="where to write the report (default: PATH/report.html)")
+    report.add_argument("--include-failed", action="store_true",
+                        help="sweep report: plot gate-failed points and rank them among the best (default: listed apart)")
 
     sub.add_parser("tasks", help="list the built-in tasks and their recipes")
 
@@ -126,11 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--sort", metavar="KEY", help="sort by a metric, setting or column (--sort=-KEY: descending)")
     runs.add_argument("--desc", action="store_true", help="sort in descending order")
     runs.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    runs.add_argument("--passed", action="store_true",
+                      help="only runs that completed and passed their gate (if any): what analysis should read")
 
     compare = sub.add_parser("compare", help="settings that differ, metrics side by side, where curves diverge")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN")
     compare.add_argument("--rtol", type=float, default=0.0,
                          help="relative difference below which curve values count as equal (default 0: exact)")
+    compare.add_argument("--include-failed", action="store_true",
+                         help="compare gate-failed runs too (by default they are listed apart)")
     return parser
 
 
@@ -143,6 +158,13 @@ def _overrides(args: argparse.Namespace) -> dict:
             values[key] = getattr(args, flag)
     if getattr(args, "deterministic", None):
         values["train.deterministic"] = True
+    if getattr(args, "patience", None) is not None:
+        values["early_stop.enabled"] = True  # asking for a patience is asking for early stopping
+    if getattr(args, "amp", None):
+        if getattr(args, "precision", None) is not None:
+            raise ConfigError(f"--amp: chooses the precision itself, but --precision {args.precision} was given too; "
+                              "allowed: one of them")
+        values["train.precision"] = "amp"
     if getattr(args, "no_progress", False):
         values["train.progress"] = False
     if getattr(args, "log", None) is not None:
@@ -197,6 +219,7 @@ def _refuse_script_run(run_dir: Path) -> None:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from epochal.records import check_result, read_json
+    from epochal.status import status_of
 
     run_dir = Path(args.run_dir)
     path = run_dir / "result.json"
@@ -204,7 +227,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise EpochalError(f"{run_dir}: no result.json; allowed: a run folder made by `epochal run`")
     result = check_result(read_json(path, "a result.json written by epochal"), path)
     meta = result["metadata"]
-    print(f"{run_dir}: {result['task']}  status {result['status']}  ({meta.get('stop_reason', '')})")
+    print(f"{run_dir}: {result['task']}  status {status_of(result)}  ({meta.get('stop_reason', '')})")
     print(f"epochs {result['epochs']}  steps {result['steps']}  train seconds {meta.get('train_seconds')}")
     if result["curves"].get("train_loss"):
         print(f"final train loss {result['curves']['train_loss'][-1]}")
@@ -236,7 +259,7 @@ def _cell(value) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     from epochal.report import report
 
-    print(f"report: {report(args.path, args.loss_scale, args.out)}")
+    print(f"report: {report(args.path, args.loss_scale, args.out, include_failed=args.include_failed)}")
     return 0
 
 
@@ -288,14 +311,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from epochal.runs import format_rows, runs_index
 
     sort = f"-{args.sort.lstrip('-')}" if args.sort and args.desc else args.sort
-    print(format_rows(runs_index(args.paths, args.where, sort), args.format))
+    print(format_rows(runs_index(args.paths, args.where, sort, passed=args.passed), args.format))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from epochal.runs import compare
 
-    print(compare(args.run_dirs, args.rtol))
+    print(compare(args.run_dirs, args.rtol, include_failed=args.include_failed))
     return 0
 
 

@@ -42,7 +42,7 @@ class TrainConfig:
     microbatch: Literal["off", "auto"] = "off"  # auto: a step that runs out of memory is retried on the same batch in 2, 4, ... times the micro-batches, with the same gradient and random numbers, and keeps that split (checkpointed)
     drop_last: bool = False  # drop an epoch's last incomplete batch (keeps every step the same size)
     grad_clip: float = 1.0  # global-norm clipping threshold; 0 turns clipping off (the norm is still logged)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler
+    precision: Literal["fp32", "bf16", "fp16", "amp"] = "fp32"  # autocast dtype; fp16 adds a GradScaler; amp (--amp): bf16 where the device supports it, else fp16, decided when the run starts and recorded in config.toml
     eval_every: int = 1  # epochs between evaluations (the end of training is always evaluated)
     eval_every_steps: int = 0  # also evaluate every N optimizer steps, mid-epoch; 0 turns it off
     eval_batches: int = 0  # cap on batches per evaluation of epochal.fit's eval_data; 0: all of it

@@ -24,6 +24,7 @@ pre { background: #f7f7f7; padding: .8rem; overflow-x: auto; font-size: .8rem; }
 figure { margin: 1rem 0; } figcaption { font-size: .85rem; color: #555; } img { max-width: 100%; }
 .badge { display: inline-block; padding: .1rem .5rem; border-radius: .3rem; color: white; font-weight: 600; }
 .completed { background: #2a7d2a; } .failed { background: #b22; } .preempted { background: #c80; }
+.gate_failed { background: #a0522d; }
 .pruned { background: #a60; } .running, .unknown, .waiting, .interrupted { background: #777; }
 .muted { color: #666; font-size: .85rem; }
 """

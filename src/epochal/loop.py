@@ -13,6 +13,7 @@
         end of the epoch: fetch -> on_log; act
         evaluate when due -> on_eval_end      gate, early stopping, best (also every eval_every_steps)
         on_epoch_end -> act                   epoch checkpoint, history, result.json
+    a run that ended without passing its gate is gate_failed (status.py)
     final checkpoint (not of a failed run); export weights; test the last and the best weights
     on_fit_end                                result.json, plots
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import time
 
 from epochal.decisions import Decision, RollBack, Save, Split, Stop
+from epochal.status import COMPLETED, GATE_FAILED
 from epochal.training import Run
 
 
@@ -99,11 +101,13 @@ def finish(run: Run) -> dict:
     if not state.stopped:
         if run.out_of_steps() and state.step not in state.eval_steps:
             act(run, run.emit("on_eval_end", run.evaluate()))  # a step budget ends between evaluations
-        state.stop("max_steps reached" if run.out_of_steps() else "max_epochs reached", "completed")
+        state.stop("max_steps reached" if run.out_of_steps() else "max_epochs reached", COMPLETED)
+    if state.status == COMPLETED and run.gate_failed():
+        state.status = GATE_FAILED  # trained to the end without passing its gate: final, not a crash
     if run.last_saved_step != state.step and state.status != "preempted":
         act(run, [Save("final")])  # act saves nothing for a failed run
     run.writer.wait()
-    if state.status == "completed":
+    if state.status in (COMPLETED, GATE_FAILED):  # a gate-failed run's weights are kept for inspection
         run.export_weights()
         run.tested = run.test()
     act(run, run.emit("on_fit_end"))

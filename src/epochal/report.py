@@ -22,6 +22,7 @@ from epochal.io import atomic_write_text
 from epochal.errors import EpochalError
 from epochal.html_parts import html_table, image_tag, page, section, status_badge
 from epochal.plots import PLOTS, RunData, read_run, write_plots
+from epochal.status import GATE_FAILED, status_of
 from epochal.sweep.report import is_sweep_folder, sweep_report
 
 
@@ -29,7 +30,7 @@ def run_summary(data: RunData) -> dict[str, Any]:
     """One run at a glance (a sweep's runs table has one of these per trial)."""
     result, meta = data.result, data.result.get("metadata", {})
     best = result.get("best") or {}
-    return {"run": data.dir.name, "status": result.get("status", "running"), "epochs": result.get("epochs"),
+    return {"run": data.dir.name, "status": status_of(result), "epochs": result.get("epochs"),
             "steps": result.get("steps"), "final_loss": next((v for v in reversed(data.loss) if math.isfinite(v)), None),
             "best": best.get("value"), "best_metric": best.get("metric"), "reason": failure_reason(result) or meta.get(
                 "stop_reason", ""), **{f"metric/{k}": v for k, v in (result.get("metrics") or {}).items()}}
@@ -49,7 +50,8 @@ def status_section(data: RunData) -> str:
     if not result:
         return section("Status", f"<p>{status_badge('running')} no result.json yet: the run has not finished an "
                                  "epoch, or it stopped before one ended.</p>")
-    rows = [["status", result.get("status")], ["stop reason", meta.get("stop_reason", "")]]
+    status = status_of(result)
+    rows = [["status", status], ["stop reason", meta.get("stop_reason", "")]]
     reason = failure_reason(result)
     if reason:
         rows.append(["failure reason", reason])
@@ -60,7 +62,10 @@ def status_section(data: RunData) -> str:
         rows.append([f"gate ({meta['gate']})", passed])
     if meta.get("bad_steps"):
         rows.append(["non-finite steps", ", ".join(map(str, meta["bad_steps"][:20]))])
-    return section("Status", f"<p>{status_badge(result.get('status'))}</p>\n" + html_table(None, rows))
+    note = ("<p>The gate was not passed: a failed config (seed 001). Analyses leave it out unless asked "
+            "(<code>epochal runs --passed</code>, <code>compare --include-failed</code>).</p>\n"
+            if status == GATE_FAILED else "")
+    return section("Status", f"<p>{status_badge(status)}</p>\n" + note + html_table(None, rows))
 
 
 def metrics_section(data: RunData) -> str:
@@ -135,13 +140,15 @@ def run_report(run_dir: str | Path, loss_scale: str = "auto", out: str | Path | 
 ALLOWED = "allowed: a run folder made by `epochal run` or a sweep folder made by `epochal sweep`"
 
 
-def report(path: str | Path, loss_scale: str = "auto", out: str | Path | None = None) -> Path:
-    """The report of whatever ``path`` is: a run folder or a sweep folder (``loss_scale`` is for runs)."""
+def report(path: str | Path, loss_scale: str = "auto", out: str | Path | None = None,
+           include_failed: bool = False) -> Path:
+    """The report of whatever ``path`` is: a run folder or a sweep folder (``loss_scale`` is for runs,
+    ``include_failed`` for sweeps: plot and rank gate-failed points too)."""
     path = Path(path)
     if not path.is_dir():
         raise EpochalError(f"{path}: no such folder; {ALLOWED}")
     if is_sweep_folder(path):
-        return sweep_report(path, out)
+        return sweep_report(path, out, include_failed)
     if not any((path / name).exists() for name in ("config.toml", "result.json")):
         raise EpochalError(f"{path}: not a run folder (no config.toml or result.json) nor a sweep folder "
                            f"(no sweep.json); {ALLOWED}")

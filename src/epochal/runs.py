@@ -20,6 +20,7 @@ from typing import Any
 from epochal.config import flat, parse_override
 from epochal.errors import ConfigError, EpochalError
 from epochal.lock import held as lock_held
+from epochal.status import COMPLETED, GATE_FAILED, status_of
 
 # Settings that say where a run lives, not what it computes: never "a setting that differs".
 PLACE_KEYS = {"experiment_id", "out_dir", "group", "train.progress"}
@@ -63,7 +64,7 @@ def read_run(folder: Path) -> dict[str, Any]:
     result = _read_json(folder / "result.json")
     trial = _read_json(folder / "trial.json")
     meta = result.get("metadata", {})
-    status = result.get("status", "not started")
+    status = status_of(result) if result else "not started"
     if status in ("running", "not started"):
         status = "running" if lock_alive(folder) else "interrupted"
     failure = meta.get("failure_reason") or (meta.get("stop_reason") if status in ("failed", "pruned") else None)
@@ -164,9 +165,21 @@ def index_rows(records: list[dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def runs_index(paths: list[str | Path], wheres: list[str] = (), sort: str | None = None) -> list[dict[str, Any]]:
+def runs_index(paths: list[str | Path], wheres: list[str] = (), sort: str | None = None,
+               passed: bool = False) -> list[dict[str, Any]]:
+    """The index rows; ``passed`` keeps only runs that completed and passed their gate (if they have one)."""
     records = [read_run(folder) for folder in find_runs(list(paths))]
+    if passed:
+        records = [r for r in records if r["row"]["status"] == COMPLETED]
     return index_rows(sort_records(select(records, list(wheres)), sort))
+
+
+def split_gate_failed(records: list[dict], include_failed: bool) -> tuple[list[dict], list[dict]]:
+    """(runs to analyse, gate-failed runs left out): seed 001 keeps failed configs out of analysis unless asked."""
+    if include_failed:
+        return records, []
+    return ([r for r in records if r["row"]["status"] != GATE_FAILED],
+            [r for r in records if r["row"]["status"] == GATE_FAILED])
 
 
 # ----------------------------------------------------------------- output
@@ -235,7 +248,8 @@ def _divergence_line(name: str, label: str, a: list, b: list, unit: str, positio
     return f"  {name} {label}: first differ at {where(i)}: {_cell(a[i])} vs {_cell(b[i])}"
 
 
-def compare(paths: list[str | Path], rtol: float = 0.0) -> str:
+def compare(paths: list[str | Path], rtol: float = 0.0, include_failed: bool = False) -> str:
+    """Settings, results and curve divergence of the runs; gate-failed runs are listed apart unless included."""
     if len(paths) < 2:
         raise ConfigError("compare: give two or more run folders")
     records = []
@@ -243,8 +257,14 @@ def compare(paths: list[str | Path], rtol: float = 0.0) -> str:
         if not (path / "config.toml").exists():
             raise EpochalError(f"{path}: not a run folder (no config.toml)")
         records.append(read_run(path))
+    records, left_out = split_gate_failed(records, include_failed)
+    apart = [f"left out (gate_failed; --include-failed compares them): {r['row']['run']}: "
+             f"{r['row']['failure_reason']}" for r in left_out]
+    if len(records) < 2:
+        raise ConfigError(f"compare: {len(records)} of the runs passed their gate, {len(left_out)} are gate_failed "
+                          "(seed 001 leaves failed configs out); allowed: --include-failed to compare them too")
     labels = [chr(ord("A") + i) if i < 26 else f"R{i}" for i in range(len(records))]
-    lines = [f"{label} = {r['row']['run']}" for label, r in zip(labels, records)]
+    lines = [f"{label} = {r['row']['run']}" for label, r in zip(labels, records)] + apart
 
     varying = differing(records)
     lines.append("")

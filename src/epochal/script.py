@@ -58,6 +58,7 @@ class ScriptTask(Task):
         self.optimizer, self.scheduler = optimizer, scheduler
         default = ("eval_loss",) if eval_data is not None and eval_fn is None else ()
         self.metrics = tuple(metrics) if metrics is not None else default
+        self.val_loss_metric = "eval_loss" if "eval_loss" in default else ""
 
     def build(self, cfg: ScriptConfig, run: RunContext) -> Built:
         held_out = self.eval_data
@@ -76,6 +77,10 @@ class ScriptTask(Task):
         if ctx.data is None:
             return {}
         return {"eval_loss": mean_loss(model, self.loss_fn, ctx)}
+
+    def validation_loss(self, model: nn.Module, ctx: EvalData) -> float | None:
+        """With an eval_fn of your own, the loss over eval_data is still history's val_loss."""
+        return None if ctx.data is None else mean_loss(model, self.loss_fn, ctx)
 
 
 def eval_batches(ctx: EvalData):

@@ -25,7 +25,10 @@ class TrainState:
     metrics: dict[str, float] = field(default_factory=dict)  # the latest evaluation
     train_seconds: float = 0.0  # wall time spent training, summed over resumes
     stop_reason: str = ""  # why training ended or will end; empty while it goes on
-    status: str = "running"  # running, completed, preempted, failed
+    grad_norm_epoch: int = 0  # the epoch whose gradient norms grad_norm_sum/count hold (history's epoch mean)
+    grad_norm_sum: float = 0.0  # finite gradient norms of that epoch's steps, summed
+    grad_norm_count: int = 0  # how many there were
+    status: str = "running"  # running, completed, gate_failed, preempted, failed (status.py)
     micro_batches: int = 1  # per accumulation chunk: what train.microbatch = "auto" settled on after running out of memory
 
     @property
@@ -36,6 +39,22 @@ class TrainState:
         """Record a Stop decision; the first reason wins."""
         if not self.stopped:
             self.stop_reason, self.status = reason, status
+
+    def add_grad_norms(self, records: list[dict]) -> None:
+        """Fold fetched steps' gradient norms into their epoch's mean (checkpointed: exact across a resume)."""
+        for record in records:
+            if record["epoch"] != self.grad_norm_epoch:
+                self.grad_norm_epoch, self.grad_norm_sum, self.grad_norm_count = record["epoch"], 0.0, 0
+            norm = record.get("grad_norm")
+            if norm is not None and math.isfinite(norm):
+                self.grad_norm_sum += norm
+                self.grad_norm_count += 1
+
+    def epoch_grad_norm(self) -> float | None:
+        """Mean finite gradient norm of the epoch just finished; None without one."""
+        if self.grad_norm_epoch != self.epoch or not self.grad_norm_count:
+            return None
+        return self.grad_norm_sum / self.grad_norm_count
 
     def epoch_train_loss(self) -> float:
         """Mean of the finite per-step losses of the epoch just finished."""

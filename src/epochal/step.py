@@ -25,6 +25,14 @@ LossFn = Callable[[nn.Module, Any], Any]
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def amp_precision(device: torch.device) -> str:
+    """What ``precision = "amp"`` means on ``device``: bf16 where the device computes it natively (same range
+    as fp32, so no loss scaling), else fp16 with a GradScaler. CPUs autocast to bf16."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return "bf16" if device.type == "cpu" else "fp16"
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context of a precision; fp32 runs without one."""
     if precision == "fp32":

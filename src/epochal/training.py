@@ -91,6 +91,7 @@ class Run:
         self.config_dict, self.config_hash = config.to_dict(), config.hash()
         self.last_saved_step = -1
         self.tested: dict | None = None  # test metrics of the last and best weights, once training completed
+        self.val_loss: float | None = None  # the task's loss on its validation split at the last evaluation
         self.origin: dict = {}  # provenance of the starting point (initial weights hash, warm start, data)
         meters, listeners = loggers.listeners(task, config, self.model, device)
         writers = [*listeners, Console(log, train.progress, train.max_epochs)] if world.main else []
@@ -130,6 +131,10 @@ class Run:
     def eval_due_at_epoch_end(self) -> bool:
         train = self.config.train
         return self.state.epoch % train.eval_every == 0 or self.out_of_budget()
+
+    def gate_failed(self) -> bool:
+        """Whether the run has a gate (any task's [gate]) that has not passed."""
+        return any(isinstance(c, Gate) and not c.passed for c in self.callbacks)
 
     # ---------------------------------------------------------------- events
     def emit(self, event: str, *args) -> list[Decision]:
@@ -189,6 +194,7 @@ class Run:
         records = self.records.fetch(self.state.step, self.state.epoch + 1, agree)
         if not records:
             return []
+        self.state.add_grad_norms(records)
         for name in records[0]:
             if name not in ("step", "epoch", "lr", "grad_norm"):
                 self.state.curves.setdefault("train_loss" if name == "loss" else name, []).extend(r[name] for r in records)
@@ -239,7 +245,11 @@ class Run:
 
     def _measure(self) -> dict[str, float]:
         with self.evaluating() as model:
-            return {name: float(value) for name, value in self.task.evaluate(model, self.eval_context).items()}
+            metrics = {name: float(value) for name, value in self.task.evaluate(model, self.eval_context).items()}
+            named = self.task.val_loss_metric
+            loss = metrics.get(named) if named else self.task.validation_loss(model, self.eval_context)
+            self.val_loss = None if loss is None else float(loss)
+            return metrics
 
     def test(self) -> dict | None:
         """The task's test metrics on the last weights and, if kept, on best.pt's (seed 003, 5.7); rank 0's."""

@@ -41,3 +41,10 @@ def test_state_dict_round_trip():
     other = EMA(nn.Linear(2, 2), decay=0.9)
     other.load_state_dict(ema.state_dict())
     assert other.updates == 1 and all(torch.equal(ema.shadow[k], other.shadow[k]) for k in ema.shadow)
+
+
+def test_the_callback_is_the_public_ema_model():
+    import epochal
+
+    assert issubclass(EMA, epochal.EMAModel)
+    assert EMA(nn.Linear(1, 1), decay=0.5).state_dict().keys() == {"updates", "shadow"}  # the checkpoint format

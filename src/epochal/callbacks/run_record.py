@@ -27,8 +27,12 @@ class RunRecord(Callback):
     def on_epoch_end(self, run) -> None:
         state = run.state
         evaluated = bool(state.eval_epochs) and state.eval_epochs[-1] == state.epoch
+        # Seed 003 5.5: train and validation loss, the accuracies (the metrics), lr at the epoch's end and the
+        # epoch's mean gradient norm on every epoch line; val_loss is null in an epoch without evaluation.
         summary = {"epoch_end": True, "epoch": state.epoch, "step": state.step,
-                   "train_loss": state.epoch_train_loss(), "seconds": round(state.train_seconds, 3),
+                   "train_loss": state.epoch_train_loss(), "val_loss": run.val_loss if evaluated else None,
+                   "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": state.epoch_grad_norm(),
+                   "seconds": round(state.train_seconds, 3),
                    "batch_order_sha256": run.batches.order_sha256(state.epoch - 1)}
         run.folder.append_history([{**summary, **(state.metrics if evaluated else {})}])
         now = time.monotonic()

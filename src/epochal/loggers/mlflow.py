@@ -17,7 +17,9 @@ from epochal.loggers.base import RunInfo, TrackerLogger
 # MLflow limits: values per log_batch call, characters of a parameter value.
 BATCH = 1000
 PARAM_CHARS = 6000
-END_STATUS = {"completed": "FINISHED", "failed": "FAILED", "preempted": "KILLED"}
+# MLflow has no "finished but failed its gate": FAILED keeps a failed config out of a filter on FINISHED runs,
+# and the run's `status` tag says gate_failed.
+END_STATUS = {"completed": "FINISHED", "gate_failed": "FAILED", "failed": "FAILED", "preempted": "KILLED"}
 
 
 def default_uri(info: RunInfo) -> str:

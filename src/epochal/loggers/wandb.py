@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from epochal.loggers.base import RunInfo, TrackerLogger
+from epochal.status import GATE_FAILED, GATE_FAILED_EXIT_CODE
 
 
 def resolve_mode(mode: str) -> str:
@@ -58,7 +59,7 @@ class WandbLogger(TrackerLogger):
 
     def close(self, summary: dict[str, Any]) -> None:
         self.run.summary.update(summary)
-        self.run.finish(exit_code=0 if summary.get("status") in ("completed", "preempted") else 1)
+        self.run.finish(exit_code=exit_code(summary.get("status")))
 
     def state_dict(self) -> dict:
         self.wait_opened()
@@ -66,3 +67,8 @@ class WandbLogger(TrackerLogger):
 
     def load_state_dict(self, state: dict) -> None:
         self.run_id = state["run_id"]
+
+
+def exit_code(status: str | None) -> int:
+    """W&B marks a run failed by its exit code: the CLI's own codes (a gate failure is 3, not a crash's 1)."""
+    return {"completed": 0, "preempted": 0, GATE_FAILED: GATE_FAILED_EXIT_CODE}.get(status, 1)

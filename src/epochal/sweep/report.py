@@ -23,6 +23,7 @@ from epochal.io import atomic_write_text
 from epochal.plots import DPI, PLOTS, pyplot, save_png, use_log_scale
 from epochal.records import read_json
 from epochal.html_parts import Markup, html_table, image_tag, page, section, status_badge
+from epochal.status import GATE_FAILED
 from epochal.sweep.spec import Choice, Range, SweepSpec, parse_spec
 
 BEST = 5  # points in the best table: enough to tell a plateau from one lucky point
@@ -81,21 +82,42 @@ def check_point(entry: Any, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------- choosing
+def point_status(entry: dict) -> str:
+    """The point's status; sweeps written before gate_failed existed say failed with gate_passed false."""
+    if entry["status"] == "failed" and entry.get("gate_passed") is False and mean_of_seeds(entry) is not None:
+        return GATE_FAILED
+    return entry["status"]
+
+
+def analysed(summary: dict, include_failed: bool) -> list[dict]:
+    """The points with a value that the best table and the plots read: completed ones, and gate-failed ones
+    (at the mean of their seeds) only when asked for; seed 001 leaves failed configs out of analysis."""
+    found = [e for e in summary["points"] if e["status"] == "completed" and e.get("value") is not None]
+    if include_failed:
+        found += [{**e, "value": mean_of_seeds(e)} for e in summary["points"] if point_status(e) == GATE_FAILED]
+    return found
+
+
+def gate_failed_points(summary: dict) -> list[dict]:
+    return sorted((e for e in summary["points"] if point_status(e) == GATE_FAILED), key=first_trial)
+
+
 def first_trial(entry: dict) -> int:
     """The trial that first tried the point: the order points were tried in (unknown ones last)."""
     return min(entry.get("trials") or [1 << 62])
 
 
-def best_points(summary: dict, n: int = BEST) -> list[dict]:
-    """The n completed points with the best value, by the objective's direction; ties by trial order."""
+def best_points(summary: dict, n: int = BEST, include_failed: bool = False) -> list[dict]:
+    """The n completed points (and gate-failed ones if asked) with the best value, by the objective's
+    direction; ties by trial order."""
     sign = 1 if summary["direction"] == "minimize" else -1
-    done = [e for e in summary["points"] if e["status"] == "completed" and e.get("value") is not None]
+    done = analysed(summary, include_failed)
     return sorted(done, key=lambda e: (sign * e["value"], first_trial(e)))[:n]
 
 
 def stopped_points(summary: dict) -> list[dict]:
-    """Failed and pruned points, in the order they were tried."""
-    return sorted((e for e in summary["points"] if e["status"] in ("failed", "pruned")), key=first_trial)
+    """Failed and pruned points (gate-failed ones have their own list), in the order they were tried."""
+    return sorted((e for e in summary["points"] if point_status(e) in ("failed", "pruned")), key=first_trial)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -112,7 +134,7 @@ def point_row(entry: dict, names: list[str], sweep_dir: Path, report_dir: Path) 
     """trials, point, each parameter, value, std, status, failure reason, runs."""
     trials = ", ".join(map(str, entry.get("trials") or [])) or None
     return [trials, entry["point"], *[entry["params"].get(name) for name in names], entry.get("value"),
-            entry.get("std"), Markup(status_badge(entry["status"])), entry.get("failure_reason") or "",
+            entry.get("std"), Markup(status_badge(point_status(entry))), entry.get("failure_reason") or "",
             run_links(entry, sweep_dir, report_dir)]
 
 
@@ -121,15 +143,19 @@ def points_table(entries: list[dict], summary: dict, names: list[str], sweep_dir
     return html_table(headers, [point_row(e, names, sweep_dir, report_dir) for e in entries])
 
 
-def overview_section(summary: dict, spec: SweepSpec) -> str:
+def overview_section(summary: dict, spec: SweepSpec, include_failed: bool = False) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in (summary.get("counts") or {}).items() if n)
     value = {"last": "at the last evaluation", "best": "best over the evaluations"}[spec.value]
-    best = best_points(summary, 1)
+    best = best_points(summary, 1, include_failed)
+    gate_failed = len(gate_failed_points(summary))
     rows = [["task", summary.get("task")], ["method", spec.method],
             ["objective", f"{summary['direction']} {summary['metric']} ({value}, mean over seeds)"],
             ["seeds", ", ".join(map(str, spec.seeds))],
             ["points", f"{len(summary['points'])} listed of {summary.get('points_asked', '?')} asked"
                        + (f": {counts}" if counts else "")],
+            ["gate-failed points", (f"{gate_failed}, " + ("included in the best points and plots (--include-failed)"
+                                    if include_failed else "left out of the best points and plots, listed apart"))
+             if gate_failed else "none"],
             ["state", summary.get("state")], ["storage", summary.get("storage")],
             ["created", summary.get("created")], ["updated", summary.get("updated")]]
     if best:
@@ -169,13 +195,13 @@ def x_positions(ax, param: Choice | Range, values: list[Any]) -> list[Any]:
     return values
 
 
-def parameter_figure(summary: dict, name: str, param: Choice | Range):
-    """The metric of each completed point against one parameter, mean ± std over seeds, the best starred, failed
-    points that have a value crossed; None without a completed point."""
+def parameter_figure(summary: dict, name: str, param: Choice | Range, include_failed: bool = False):
+    """The metric of each completed point against one parameter, mean ± std over seeds, the best starred, and
+    (``include_failed``) gate-failed points crossed at the mean of their seeds; None without a completed point."""
     done = [e for e in summary["points"] if e["status"] == "completed" and e.get("value") is not None]
     if not done:
         return None
-    failed = [e for e in summary["points"] if e["status"] == "failed" and mean_of_seeds(e) is not None]
+    failed = gate_failed_points(summary) if include_failed else []
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=DPI)
     xs = x_positions(ax, param, [e["params"][name] for e in done + failed])
@@ -185,7 +211,7 @@ def parameter_figure(summary: dict, name: str, param: Choice | Range):
     if failed:
         ys += [mean_of_seeds(e) for e in failed]
         ax.plot(xs[len(done):], ys[len(done):], marker="x", markersize=8, color="tab:red", linestyle="none",
-                label="failed (mean of the seeds with a value)")
+                label="gate_failed (mean of the seeds)")
     best = best_points(summary, 1)[0]
     ax.plot([xs[done.index(best)]], [best["value"]], marker="*", markersize=14, color="tab:green",
             linestyle="none", label=f"best ({best['point']})")
@@ -205,11 +231,11 @@ def plot_path(sweep_dir: Path, metric: str, name: str) -> Path:
     return sweep_dir / PLOTS / f"{safe}.png"
 
 
-def write_sweep_plots(sweep_dir: Path, summary: dict, spec: SweepSpec) -> list[Path]:
+def write_sweep_plots(sweep_dir: Path, summary: dict, spec: SweepSpec, include_failed: bool = False) -> list[Path]:
     """One plot per swept parameter into <sweep>/plots; returns the files written."""
     written = []
     for name, param in spec.space.items():
-        fig = parameter_figure(summary, name, param)
+        fig = parameter_figure(summary, name, param, include_failed)
         if fig is not None:
             written.append(save_png(fig, plot_path(sweep_dir, summary["metric"], name)))
     return written
@@ -221,21 +247,27 @@ def table_or(entries: list[dict], summary: dict, names: list[str], sweep_dir: Pa
     return points_table(entries, summary, names, sweep_dir, report_dir) if entries else f"<p>{empty}</p>"
 
 
-def plots_section(sweep_dir: Path, summary: dict, spec: SweepSpec) -> str:
-    caption = "completed points and failed ones with a value; every failed and pruned point is listed below"
+def plots_section(sweep_dir: Path, summary: dict, spec: SweepSpec, include_failed: bool = False) -> str:
+    caption = ("completed points and gate-failed ones (crossed)" if include_failed else
+               "completed points; gate-failed, failed and pruned points are listed below")
     images = [image_tag(path, f"{path.relative_to(sweep_dir)}: {caption}")
-              for path in write_sweep_plots(sweep_dir, summary, spec)]
+              for path in write_sweep_plots(sweep_dir, summary, spec, include_failed)]
     return section(f"{summary['metric']} vs each swept parameter", "\n".join(images) or "<p>No point completed yet.</p>")
 
 
-def sweep_sections(sweep_dir: Path, summary: dict, spec: SweepSpec, report_dir: Path) -> list[str]:
+def sweep_sections(sweep_dir: Path, summary: dict, spec: SweepSpec, report_dir: Path,
+                   include_failed: bool = False) -> list[str]:
     names, metric = list(spec.space), summary["metric"]
     in_order = sorted(summary["points"], key=first_trial)
+    apart = "included above (--include-failed)" if include_failed else "left out of the best points and the plots"
     return [
-        overview_section(summary, spec),
+        overview_section(summary, spec, include_failed),
         section(f"Best points (top {BEST}, {summary['direction']} {metric})", table_or(
-            best_points(summary), summary, names, sweep_dir, report_dir, "No point completed yet.")),
-        plots_section(sweep_dir, summary, spec),
+            best_points(summary, include_failed=include_failed), summary, names, sweep_dir, report_dir,
+            "No point completed yet.")),
+        plots_section(sweep_dir, summary, spec, include_failed),
+        section(f"Gate-failed points ({apart})", table_or(
+            gate_failed_points(summary), summary, names, sweep_dir, report_dir, "None.")),
         section("Failed and pruned points", table_or(
             stopped_points(summary), summary, names, sweep_dir, report_dir, "None.")),
         section("All points, in the order they were tried", table_or(
@@ -243,11 +275,13 @@ def sweep_sections(sweep_dir: Path, summary: dict, spec: SweepSpec, report_dir: 
     ]
 
 
-def sweep_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw the sweep's plots and write its report.html (into the sweep folder unless ``out``)."""
+def sweep_report(sweep_dir: str | Path, out: str | Path | None = None, include_failed: bool = False) -> Path:
+    """Draw the sweep's plots and write its report.html (into the sweep folder unless ``out``); gate-failed
+    points are listed apart, and only ``include_failed`` ranks and plots them."""
     sweep_dir = Path(sweep_dir)
     summary, spec = read_sweep(sweep_dir)
     target = Path(out) if out else sweep_dir / "report.html"
     title = f"sweep {summary.get('sweep', sweep_dir.name)} · {summary.get('task', spec.task)}"
-    atomic_write_text(target, page(title, sweep_sections(sweep_dir, summary, spec, target.resolve().parent)))
+    atomic_write_text(target, page(title, sweep_sections(sweep_dir, summary, spec, target.resolve().parent,
+                                                          include_failed)))
     return target

@@ -18,7 +18,7 @@ from epochal.sweep.spec import SweepSpec, point_key, run_id
 from epochal.sweep.store import require_optuna, retried_numbers
 
 # Which trial speaks for a point when several tried it: a finished one over one still going.
-PRECEDENCE = ("completed", "pruned", "failed", "running", "waiting", "interrupted")
+PRECEDENCE = ("completed", "pruned", "gate_failed", "failed", "running", "waiting", "interrupted")
 
 
 def trial_status(trial, retried: set[int]) -> str:
@@ -33,7 +33,7 @@ def trial_status(trial, retried: set[int]) -> str:
         return "waiting"
     if trial.number in retried or "failure_reason" not in trial.user_attrs:
         return "interrupted"  # a retry carries its point on
-    return "failed"
+    return "gate_failed" if trial.user_attrs.get("gate_failed") else "failed"
 
 
 def points(study, spec: SweepSpec, sweep_dir: Path) -> list[dict]:

@@ -3,7 +3,7 @@
 A trial is one point; it trains one run per seed, each an ordinary run folder
 ``runs/<point key>-seed<seed>`` that is the source of truth for that (point, seed):
 
-- a run folder whose result.json is final (completed, failed, pruned) is never trained
+- a run folder whose result.json is final (completed, gate_failed, failed, pruned) is never trained
   again: a retried or duplicate trial reads its result;
 - a run folder locked by a live process is being trained: wait for it, then read it;
 - any other run folder is continued from its newest checkpoint (``resume="auto"``),
@@ -33,10 +33,11 @@ from epochal.errors import ConfigError, EpochalError
 from epochal.io import atomic_write_text
 from epochal.records import RunFolder
 from epochal.signals import PREEMPTED_EXIT_CODE
+from epochal.status import GATE_FAILED, status_of
 from epochal.sweep.spec import SweepSpec, grid_space, load_task, parse_spec, point_key, run_id, suggest, trial_config
 from epochal.sweep.store import open_storage, reclaim, require_optuna, retried_numbers, retry_callback, this_worker
 
-FINAL = ("completed", "failed", "pruned")
+FINAL = ("completed", "gate_failed", "failed", "pruned")
 WAIT_SECONDS = 0.5  # how often a duplicate trial looks at a run folder another worker is training
 STORAGE_ENV = "EPOCHAL_SWEEP_STORAGE"  # the storage URL reaches workers here, not on the process list
 SIGNAL_ENV = "EPOCHAL_SWEEP_SIGNAL_AT"  # test hook "RUN:STEP[:SIGNAL]": signal the whole sweep there (KILL)
@@ -60,7 +61,7 @@ class TrialSurplus(TrialEnded):
 
 @dataclass
 class Outcome:
-    status: str  # completed, failed, pruned, interrupted
+    status: str  # completed, gate_failed, failed, pruned, interrupted
     value: float | None = None  # the metric that judges the run (last or best evaluation)
     reason: str = ""  # why it failed or was pruned
     gate_passed: bool | None = None
@@ -200,10 +201,12 @@ class Worker:
         if pruned:
             trial.set_user_attr("pruned_reason", pruned[0].reason)
             raise optuna.TrialPruned(pruned[0].reason)
-        failed = {seed: o for seed, o in outcomes.items() if o.status == "failed"}
+        failed = {seed: o for seed, o in outcomes.items() if o.status in ("failed", GATE_FAILED)}
         if failed:
             reason = "; ".join(f"seed {seed}: {o.reason}" for seed, o in failed.items())
             trial.set_user_attr("failure_reason", reason)
+            # The point's status: gate_failed when every seed that failed trained to the end without passing.
+            trial.set_user_attr(GATE_FAILED, all(o.status == GATE_FAILED for o in failed.values()))
             raise TrialFailed(reason)
         numbers = list(values.values())
         trial.set_user_attr("std", statistics.stdev(numbers) if len(numbers) > 1 else 0.0)
@@ -275,7 +278,7 @@ def read_final(folder: Path) -> dict | None:
         result = json.loads((folder / "result.json").read_text())
     except (OSError, ValueError):
         return None
-    return result if result.get("status") in FINAL else None
+    return result if status_of(result) in FINAL else None
 
 
 def in_use(folder: Path) -> bool:
@@ -306,7 +309,7 @@ def metric_value(result: dict, spec: SweepSpec) -> float | None:
 def outcome_of(result: dict, spec: SweepSpec) -> Outcome:
     meta = result.get("metadata", {})
     gate = meta.get("gate_passed")
-    status = result.get("status")
+    status = status_of(result)
     if status == "pruned":
         return Outcome("pruned", reason=meta.get("stop_reason", ""))
     if status == "failed":
@@ -315,8 +318,8 @@ def outcome_of(result: dict, spec: SweepSpec) -> Outcome:
     if value is None or not math.isfinite(value):
         shown = "not reported" if spec.metric not in result.get("metrics", {}) else "not finite"
         return Outcome("failed", reason=f"{spec.metric} {shown}", gate_passed=gate)
-    if gate is False:
-        return Outcome("failed", value=value, reason=meta.get("failure_reason", "gate not passed"), gate_passed=False)
+    if status == GATE_FAILED:
+        return Outcome(GATE_FAILED, value=value, reason=meta.get("failure_reason", "gate not passed"), gate_passed=False)
     return Outcome("completed", value=value, gate_passed=gate)
 
 

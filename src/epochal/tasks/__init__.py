@@ -70,6 +70,9 @@ class RunContext:
     device: torch.device
     seed: int
     config: "RunConfig"
+    # A run folder whose saved data files (the flow task's normalisation) the build reads back instead of
+    # fitting them again: the run's own folder on resume, the loaded one in load_run; None for a new run.
+    saved: Path | None = None
 
     def numpy_rng(self, purpose: str) -> np.random.Generator:
         """A generator seeded by (seed, purpose): data made with it does not depend on call order."""
@@ -98,6 +101,9 @@ class Task:
     # checkpoint.best_metric, gate thresholds) are checked against them before a run folder
     # exists; empty: checked at the first evaluation instead.
     metrics: ClassVar[tuple[str, ...]] = ()
+    # The metric of evaluate() that is the task's own loss on its validation split: each epoch line of
+    # history.jsonl carries it as val_loss. Empty: validation_loss() computes it (or there is none).
+    val_loss_metric: ClassVar[str] = ""
 
     def validate(self, config: "RunConfig") -> None:
         """Raise ConfigError for a combination of settings this task cannot run."""
@@ -121,6 +127,11 @@ class Task:
 
     def test(self, model: nn.Module, ctx: Any) -> dict[str, float] | None:
         """Final metrics on the test split, run on the last and on the best weights. None: no test."""
+        return None
+
+    def validation_loss(self, model: nn.Module, ctx: Any) -> float | None:
+        """The task's training loss on its validation split, for history's val_loss when no metric is it
+        (``val_loss_metric``); called like evaluate(). None: the task has none."""
         return None
 
     # A task that trains without torch (the NumPy reference) defines

@@ -34,6 +34,7 @@ class ToyTask(Task):
     summary = "regress a random teacher MLP (tiny; for tests, benchmarks and trying the CLI)"
     Config = ToyConfig
     metrics = ("eval_mse",)
+    val_loss_metric = "eval_mse"  # the training loss (MSE) on the held-out set
     defaults = {"train": {"max_epochs": 5, "batch_size": 64}, "optim": {"lr": 3e-3},
                 "checkpoint": {"best_metric": "eval_mse", "best_mode": "min"}}
 

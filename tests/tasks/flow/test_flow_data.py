@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from epochal.errors import ConfigError
+from epochal.errors import CheckpointError, ConfigError
 from epochal.tasks.flow.data import (
+    LEGACY_STATS_FILE,
     SPLITS_FILE,
     STATS_FILE,
     SYNTHETIC,
     FlowDataset,
+    Fingerprint,
     NormStats,
     build_flow_data,
     load_file,
@@ -58,6 +60,49 @@ def test_normalisation_round_trips_through_json(tmp_path):
     np.testing.assert_array_equal(loaded.std, stats.std)
 
 
+def test_the_stats_file_holds_tensors_only_and_round_trips_with_its_fingerprint(tmp_path):
+    rows = load_rows("moons", 500, None, seed=0)
+    data = build_flow_data(rows, 0.1, 0.2, 0.5, seed=3, run_dir=tmp_path)
+    saved = torch.load(tmp_path / STATS_FILE, weights_only=True)  # tensors only: no pickled objects
+    assert all(isinstance(v, torch.Tensor) for v in saved.values())
+    assert torch.equal(saved["mean"], torch.from_numpy(data.stats.mean))
+    assert (int(saved["split_seed"]), float(saved["test_fraction"]), float(saved["train_fraction"])) == (3, 0.2, 0.5)
+    assert bytes(saved["data_sha256"].tolist()).hex() == Fingerprint.of(rows, 3, 0.1, 0.2, 0.5).data_sha256
+    again = build_flow_data(rows, 0.1, 0.2, 0.5, seed=3, saved=tmp_path)  # a resume reads it back
+    np.testing.assert_array_equal(again.stats.std, data.stats.std)
+    assert torch.equal(again.train.vectors, data.train.vectors)
+
+
+def test_a_stats_file_fitted_on_other_data_missing_or_damaged_is_refused_naming_it(tmp_path):
+    rows = load_rows("moons", 500, None, seed=0)
+    build_flow_data(rows, 0.1, 0.1, 0.5, seed=0, run_dir=tmp_path)
+    path = tmp_path / STATS_FILE
+    with pytest.raises(CheckpointError, match=r"normalization_stats.pt: fitted on other data than this run's: "
+                                              r"train_fraction 0.5 \(saved\) vs 1.0 \(this run\)"):
+        build_flow_data(rows, 0.1, 0.1, 1.0, seed=0, saved=tmp_path)
+    with pytest.raises(CheckpointError, match=r"data_sha256 [0-9a-f]{12}\.\.\. \(saved\)"):
+        build_flow_data(rows + 1.0, 0.1, 0.1, 0.5, seed=0, saved=tmp_path)
+    stats, fingerprint = NormStats.load_tensors(path)
+    NormStats(stats.mean + 0.5, stats.std).save_tensors(path, fingerprint)  # a damaged value
+    with pytest.raises(CheckpointError, match=r"normalization_stats.pt: mean .* \(saved\) vs"):
+        build_flow_data(rows, 0.1, 0.1, 0.5, seed=0, saved=tmp_path)
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match=r"normalization_stats.pt: unreadable"):
+        build_flow_data(rows, 0.1, 0.1, 0.5, seed=0, saved=tmp_path)
+    path.unlink()
+    with pytest.raises(CheckpointError, match=r"normalization_stats.pt: missing"):
+        build_flow_data(rows, 0.1, 0.1, 0.5, seed=0, saved=tmp_path)
+
+
+def test_the_json_stats_of_older_run_folders_are_still_read(tmp_path):
+    rows = load_rows("moons", 500, None, seed=0)
+    data = build_flow_data(rows, 0.1, 0.1, 0.5, seed=0)
+    data.stats.save(tmp_path / LEGACY_STATS_FILE)
+    again = build_flow_data(rows, 0.1, 0.1, 0.5, seed=0, saved=tmp_path)
+    np.testing.assert_array_equal(again.stats.mean, data.stats.mean)
+    assert not (tmp_path / STATS_FILE).exists()  # read, not rewritten
+
+
 def test_constant_dimension_is_not_blown_up():
     rows = np.column_stack([np.arange(10.0), np.full(10, 7.0)])
     z = NormStats.fit(rows).normalize(rows)
@@ -79,7 +124,7 @@ def test_stats_come_from_the_training_subset_only(tmp_path):
     # The same statistics are applied to validation and test rows.
     np.testing.assert_allclose(data.val.vectors.numpy(), data.stats.normalize(rows[data.splits.val]), atol=1e-6)
     np.testing.assert_allclose(data.test.vectors.numpy(), data.stats.normalize(rows[data.splits.test]), atol=1e-6)
-    saved = NormStats.load(tmp_path / STATS_FILE)
+    saved, _ = NormStats.load_tensors(tmp_path / STATS_FILE)
     np.testing.assert_array_equal(saved.mean, data.stats.mean)
     sizes = json.loads((tmp_path / SPLITS_FILE).read_text())
     assert sizes["n_train"] == len(data.train) == 400 and sizes["n_val"] == sizes["n_test"] == 100

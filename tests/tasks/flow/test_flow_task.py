@@ -85,7 +85,7 @@ def test_build_loss_and_deterministic_evaluation(tmp_path):
     torch.manual_seed(0)
     task, built = build(tmp_path, train_fraction=0.5)
     assert set(built.train_data) == {"x1"} and built.train_data["x1"].shape == (240, 2)
-    stats = NormStats.load(tmp_path / STATS_FILE)
+    stats, _ = NormStats.load_tensors(tmp_path / STATS_FILE)
     torch.testing.assert_close(built.train_data["x1"].mean(0), torch.zeros(2), atol=1e-5, rtol=0)
     assert stats.mean.shape == (2,)
     out = task.loss(built.model, task.prepare_batch({"x1": built.train_data["x1"][:32]}))
@@ -178,7 +178,8 @@ def test_tiny_run_improves_the_sample_distance(tmp_path):
     assert tested["test_swd_ratio"] > 0 and tested["test_real_off_support"] > 0 and "test_goal_met" not in tested
     assert result.run_dir.parent.name == "tests"  # results/<group>/<id>
     assert (result.run_dir / PLOT_FILE).stat().st_size > 10_000
-    assert json.loads((result.run_dir / STATS_FILE).read_text())["format"] == NormStats.FORMAT
+    saved = torch.load(result.run_dir / STATS_FILE, weights_only=True)
+    assert set(saved) >= {"mean", "std", "data_sha256", "split_seed", "val_fraction", "test_fraction"}
 
 
 @pytest.mark.slow
@@ -195,6 +196,40 @@ def test_the_gate_waits_for_a_quality_epoch(tmp_path):
     meta = result.result["metadata"]
     assert (meta["gate_passed"], meta["gate_epoch"], result.result["epochs"]) == (True, 3, 3)
     assert result.result["test"]["last"]["test_goal_met"] == 1.0
+
+
+def test_a_resume_refuses_a_damaged_or_foreign_normalisation_file_in_one_line(tmp_path, capsys):
+    from epochal import load_run, run as fit
+    from epochal.cli import main
+    from epochal.errors import CheckpointError
+
+    overrides = {"train.max_epochs": 1, "train.batch_size": 200, "train.progress": False, "log.plots": False,
+                 "schedule.warmup_steps": 1, "task.n_samples": 500, "task.hidden": 8, "task.depth": 1,
+                 "task.eval_samples": 50, "task.eval_draws": 2, "task.test_draws": 2, "task.floor_draws": 2,
+                 "task.swd_directions": 8}
+    run_dir = fit("flow", config_layer(), overrides=overrides, out_dir=tmp_path, experiment_id="f",
+                  log=lambda _: None).run_dir
+    path = run_dir / STATS_FILE
+    good = path.read_bytes()
+    loaded = load_run(run_dir, weights="last")  # loading reads the run's own statistics back
+    np.testing.assert_array_equal(loaded.eval_context.stats.mean, NormStats.load_tensors(path)[0].mean)
+    stats, fingerprint = NormStats.load_tensors(path)
+    other = type(fingerprint)(**{**fingerprint.__dict__, "split_seed": 7})
+    stats.save_tensors(path, other)  # as if fitted on another split
+    assert main(["resume", str(run_dir), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: fitted on other data than this run's: split_seed 7 (saved) vs 0" in err
+    with pytest.raises(CheckpointError, match="fitted on other data"):
+        load_run(run_dir, weights="last")
+    path.write_bytes(good[: len(good) // 2])
+    assert main(["resume", str(run_dir), "--no-progress"]) == 1
+    assert f"{path}: unreadable" in capsys.readouterr().err
+    path.unlink()
+    assert main(["resume", str(run_dir), "--no-progress"]) == 1
+    assert f"{path}: missing" in capsys.readouterr().err
+    path.write_bytes(good)
+    assert main(["resume", str(run_dir), "--no-progress"]) == 0
+    assert "already completed" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -135,6 +135,7 @@ def test_tiny_run_passes_the_gate_that_an_untrained_model_fails(tmp_path):
 def test_gate_failure_is_recorded_in_result_json(tmp_path):
     result = run_walks(tmp_path, **{"train.max_epochs": 1, "optim.lr": 1e-6})
     saved = json.loads((result.run_dir / "result.json").read_text())
+    assert result.status == saved["status"] == "gate_failed" and result.exit_code == 3
     assert saved["metadata"]["gate_passed"] is False
     assert "gate not passed" in saved["metadata"]["failure_reason"]
     assert saved["metadata"]["final_edge_compliance"] == saved["metrics"]["edge_compliance"] < 0.95
@@ -159,7 +160,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     assert stopped.status == "preempted"
     resumed = fit("walks", overrides={**TINY, **settings}, out_dir=tmp_path, experiment_id="stopped", log=quiet,
                   resume="must")
-    assert resumed.status == "completed"
+    assert resumed.status == straight.status == "gate_failed"  # the gate never passes: a failed config
     assert resumed.result["curves"] == straight.result["curves"]
     a = CheckpointStore(straight.run_dir / "checkpoints", 3).load_states("last.pt")["model"]
     b = CheckpointStore(resumed.run_dir / "checkpoints", 3).load_states("last.pt")["model"]

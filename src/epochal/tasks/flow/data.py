@@ -3,20 +3,29 @@
 Everything here works on raw NumPy rows of shape ``(n, dim)``; :func:`build_flow_data`
 splits them (see ``splits.py``), fits the normalisation on the training subset only and
 hands back normalised float32 datasets.
+
+The normalisation goes to ``normalization_stats.pt`` (seed 004's name): tensors only, so
+``torch.load(weights_only=True)`` reads it, holding mean, std and a fingerprint of what they
+were fitted on (the rows' SHA-256, the split seed and fractions). A resumed or loaded run reads
+it back and refuses, naming the file and what differs, when it is missing, unreadable or was
+fitted on other data: the statistics are never silently fitted again. ``normalization_stats.json``
+of older run folders is still read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from epochal.errors import ConfigError
-from epochal.io import atomic_write_text
+from epochal.errors import CheckpointError, ConfigError
+from epochal.io import atomic_write_bytes, atomic_write_text
 from epochal.tasks.flow.splits import Splits, nested_splits
 
 
@@ -120,6 +129,41 @@ def check_vectors(array: np.ndarray, where: str) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Fingerprint:
+    """What the statistics were fitted on: a change to any of these changes them."""
+
+    data_sha256: str  # the raw rows (float64, with their shape): another dataset, file or data_seed
+    split_seed: int  # draws the validation/test/train split (task.data_seed)
+    val_fraction: float  # rows held out for validation
+    test_fraction: float  # rows held out for test
+    train_fraction: float  # the share of the training pool the statistics are fitted on
+
+    @classmethod
+    def of(cls, rows: np.ndarray, seed: int, val_fraction: float, test_fraction: float,
+           train_fraction: float) -> "Fingerprint":
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        digest = hashlib.sha256(str(rows.shape).encode() + rows.tobytes()).hexdigest()
+        return cls(digest, int(seed), float(val_fraction), float(test_fraction), float(train_fraction))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"data_sha256": torch.tensor(list(bytes.fromhex(self.data_sha256)), dtype=torch.uint8),
+                "split_seed": torch.tensor(self.split_seed, dtype=torch.int64),
+                **{name: torch.tensor(getattr(self, name), dtype=torch.float64)
+                   for name in ("val_fraction", "test_fraction", "train_fraction")}}
+
+    @classmethod
+    def from_tensors(cls, saved: dict[str, torch.Tensor]) -> "Fingerprint":
+        return cls(bytes(saved["data_sha256"].tolist()).hex(), int(saved["split_seed"]),
+                   *(float(saved[name]) for name in ("val_fraction", "test_fraction", "train_fraction")))
+
+    def differences(self, other: "Fingerprint") -> list[str]:
+        """'name saved vs now' for each field that differs."""
+        shown = lambda f, v: v[:12] + "..." if f == "data_sha256" else v  # noqa: E731
+        return [f"{f.name} {shown(f.name, getattr(self, f.name))} (saved) vs {shown(f.name, getattr(other, f.name))} "
+                "(this run)" for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+
+@dataclass(frozen=True)
 class NormStats:
     """Per-dimension mean and standard deviation of the training rows."""
 
@@ -146,8 +190,30 @@ class NormStats:
         payload = {"format": self.FORMAT, "mean": self.mean.tolist(), "std": self.std.tolist()}
         atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
 
+    def save_tensors(self, path: Path, fingerprint: Fingerprint) -> None:
+        """normalization_stats.pt: tensors only (loads with weights_only=True), written atomically."""
+        buffer = io.BytesIO()
+        torch.save({"mean": torch.from_numpy(self.mean.astype(np.float64)),
+                    "std": torch.from_numpy(self.std.astype(np.float64)), **fingerprint.tensors()}, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load_tensors(cls, path: Path) -> tuple["NormStats", Fingerprint]:
+        """The statistics and their fingerprint; one CheckpointError naming the file if it is not such a file."""
+        what = "allowed: the normalization_stats.pt this run wrote"
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            stats = cls(mean=saved["mean"].double().numpy(), std=saved["std"].double().numpy())
+            return stats, Fingerprint.from_tensors(saved)
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: missing; {what}") from None
+        except Exception as err:  # noqa: BLE001 - truncated, not a torch file, a pickle with code, keys missing
+            raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+                                  f"{what}") from None
+
     @classmethod
     def load(cls, path: Path) -> "NormStats":
+        """The JSON statistics of older run folders."""
         payload = json.loads(Path(path).read_text())
         if payload.get("format") != cls.FORMAT:
             raise ValueError(f"{path}: not a flow normalisation file (format {payload.get('format')!r})")
@@ -186,8 +252,41 @@ class FlowData:
     splits: Splits
 
 
-STATS_FILE = "normalization_stats.json"
+STATS_FILE = "normalization_stats.pt"
+LEGACY_STATS_FILE = "normalization_stats.json"  # what run folders held before the .pt: still read
 SPLITS_FILE = "splits.json"
+
+
+def read_saved_stats(folder: Path, expected: Fingerprint, fitted: NormStats) -> NormStats:
+    """The statistics a run folder holds, checked against what this run would fit them on (``expected``)
+    and against the fit itself (a damaged value); one CheckpointError naming the file and what differs."""
+    path, legacy = Path(folder) / STATS_FILE, Path(folder) / LEGACY_STATS_FILE
+    if not path.exists() and legacy.exists():
+        try:
+            stats = NormStats.load(legacy)
+        except (OSError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{legacy}: unreadable ({err}); allowed: the normalization_stats.json this "
+                                  "run wrote") from None
+        return _same_values(legacy, stats, fitted)
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing, so this run's normalisation is unknown (it is not fitted again "
+                              "silently); allowed: the file this run wrote, or start the run afresh")
+    stats, found = NormStats.load_tensors(path)
+    differs = found.differences(expected)
+    if differs:
+        raise CheckpointError(f"{path}: fitted on other data than this run's: {'; '.join(differs)}; refusing "
+                              "to go on with another normalisation")
+    return _same_values(path, stats, fitted)
+
+
+def _same_values(path: Path, saved: NormStats, fitted: NormStats) -> NormStats:
+    """``saved`` if its values are those of the training rows (to float rounding); else a damaged file."""
+    for name in ("mean", "std"):
+        a, b = getattr(saved, name), getattr(fitted, name)
+        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-9, atol=1e-12):
+            raise CheckpointError(f"{path}: {name} {np.asarray(a).tolist()} (saved) vs {np.asarray(b).tolist()} "
+                                  "(the training rows'); refusing to go on with another normalisation")
+    return saved
 
 
 def load_rows(dataset: str, n_samples: int, data_path: str | None, seed: int) -> np.ndarray:
@@ -208,14 +307,19 @@ def build_flow_data(
     train_fraction: float,
     seed: int,
     run_dir: Path | None = None,
+    saved: Path | None = None,
 ) -> FlowData:
     """Split ``rows``, fit the normalisation on the training subset only, normalise every split.
 
-    With ``run_dir`` the statistics and the split sizes are written there.
+    With ``saved`` (a run folder being resumed or loaded) the statistics are read back from it and
+    checked; otherwise, with ``run_dir``, the statistics and the split sizes are written there.
     """
     splits = nested_splits(len(rows), val_fraction, test_fraction, np.random.default_rng([seed, 1]))
     train_rows = rows[splits.train(train_fraction)]
     stats = NormStats.fit(train_rows)
+    fingerprint = Fingerprint.of(rows, seed, val_fraction, test_fraction, train_fraction)
+    if saved is not None:
+        stats = read_saved_stats(saved, fingerprint, stats)
 
     def dataset(part: np.ndarray) -> FlowDataset:
         return FlowDataset(torch.from_numpy(stats.normalize(part).astype(np.float32)))
@@ -227,8 +331,8 @@ def build_flow_data(
         stats=stats,
         splits=splits,
     )
-    if run_dir is not None:
-        stats.save(Path(run_dir) / STATS_FILE)
+    if run_dir is not None and saved is None:
+        stats.save_tensors(Path(run_dir) / STATS_FILE, fingerprint)
         summary = {"train_fraction": train_fraction, "seed": seed, **splits.sizes(train_fraction)}
         atomic_write_text(Path(run_dir) / SPLITS_FILE, json.dumps(summary, indent=1) + "\n")
     return data

@@ -12,7 +12,8 @@ what real data of the same size scores (``quality.py``): the sliced Wasserstein
 distance next to its floor, the off-support share next to real data's, and k-NN
 precision/recall. The core swaps the EMA weights in for evaluation and test.
 
-The run folder gets ``normalization_stats.json`` (training-split mean/std),
+The run folder gets ``normalization_stats.pt`` (training-split mean/std and what they were
+fitted on; read back and checked on resume and by ``epochal.load_run``, see data.py),
 ``splits.json`` (split sizes) and, at the end, ``samples.png``.
 """
 
@@ -251,6 +252,7 @@ class FlowTask(Task):
     summary = "conditional flow matching on 2-D/8-D vectors; sample quality against real data's own scores"
     Config = FlowConfig
     metrics = ("val_fm_loss", *SAMPLED_METRICS, "swd_floor")
+    val_loss_metric = "val_fm_loss"  # the flow-matching loss on the validation rows, fixed noise and times
     # Seed 004's locked settings. The CPU recipes flow-moons and flow-8gaussians shorten
     # warmup and EMA decay to fit runs of a few thousand steps.
     defaults = {
@@ -276,7 +278,8 @@ class FlowTask(Task):
         rows = load_rows(cfg.dataset, cfg.n_samples, cfg.data_path, cfg.data_seed)
         if cfg.aug == "rotate" and rows.shape[1] != 2:
             raise ConfigError(f"task.aug: 'rotate' needs 2-D data, task.data_path has dimension {rows.shape[1]}; allowed: none, flip")
-        data = build_flow_data(rows, cfg.val_fraction, cfg.test_fraction, cfg.train_fraction, cfg.data_seed, run.dir)
+        data = build_flow_data(rows, cfg.val_fraction, cfg.test_fraction, cfg.train_fraction, cfg.data_seed, run.dir,
+                               saved=run.saved)
         self.aug = cfg.aug
         self.flow = cfg.flow
         self.std = torch.as_tensor(data.stats.std, dtype=torch.float32, device=run.device)

@@ -144,6 +144,18 @@ class RegexTask(Task):
     def evaluate(self, model: nn.Module, ctx: RegexEvalContext) -> dict[str, float]:
         return evaluate_split(model, ctx.splits["val"], "val", ctx.batch_size)
 
+    def validation_loss(self, model: nn.Module, ctx: RegexEvalContext) -> float:
+        """The weighted multi-task loss on the validation split, as one batch (its normalisers), in chunks."""
+        val = ctx.splits["val"]
+        whole = normalisers(val)
+        total = count = None
+        for start in range(0, len(val["tokens"]), ctx.batch_size):
+            batch = {key: value[start : start + ctx.batch_size] for key, value in val.items()}
+            batch["normalisers"] = whole[start : start + ctx.batch_size]
+            part, n = multitask_terms(model(batch["tokens"]), batch, self.weights, model.l1_u)["loss"]
+            total, count = (part, n) if total is None else (total + part, count + n)
+        return float(total / count)
+
     def test(self, model: nn.Module, ctx: RegexEvalContext) -> dict[str, float]:
         metrics = {}
         for name in ("test", "test_ood"):

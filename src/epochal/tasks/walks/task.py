@@ -79,6 +79,11 @@ class WalksEval:
     walk_length: int
     graph: Graph
     jumpers: list[Jumper]
+    held_out: torch.Tensor | None = None  # [n, context + 1] pieces of the held-out walks: history's val_loss
+
+
+# Held-out pieces per forward pass of the validation loss: bounds its memory, whatever eval_sequences is.
+VAL_CHUNK = 512
 
 
 class WalksTask(Task):
@@ -112,7 +117,8 @@ class WalksTask(Task):
         return Built(
             model=model,
             train_data={"tokens": WalkDataset(corpus.train, cfg.context).tokens},
-            eval_context=WalksEval(starts, cfg.walk_length, graph, jumpers),
+            eval_context=WalksEval(starts, cfg.walk_length, graph, jumpers,
+                                   WalkDataset(corpus.eval, cfg.context).tokens.to(run.device)),
         )
 
     def loss(self, model: TransformerLM, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -124,6 +130,17 @@ class WalksTask(Task):
         generated = greedy_generate(model, ctx.starts, ctx.walk_length)
         edge, rule = evaluate_compliance(generated, ctx.graph, ctx.graph.blocks, ctx.jumpers, r=None)
         return {"edge_compliance": edge, "rule_compliance": rule}
+
+    def validation_loss(self, model: TransformerLM, ctx: WalksEval) -> float | None:
+        """Next-vertex cross-entropy on the held-out walks (history only: seed 001's curves stay as listed)."""
+        if ctx.held_out is None or not len(ctx.held_out):
+            return None
+        total = torch.zeros((), device=ctx.held_out.device)
+        for start in range(0, len(ctx.held_out), VAL_CHUNK):
+            tokens = ctx.held_out[start : start + VAL_CHUNK]
+            logits = model(tokens[:, :-1])
+            total += F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="sum")
+        return float(total / ctx.held_out[:, 1:].numel())
 
     def tokens_per_example(self, cfg: WalksConfig) -> int:
         return cfg.context  # positions predicted per training sequence
