@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from epochal.ema import EMAModel
     from epochal.script import fit
     from epochal.tasks import Built, RunContext, Task, register_task
+    from epochal.tune import tune_lr
 
 _EXPORTS = {  # public name -> the module that defines it
     "Built": "epochal.tasks",
@@ -44,6 +45,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "register_task": "epochal.tasks",
     "run": "epochal.api",
     "save_checkpoint": "epochal.analysis",
+    "tune_lr": "epochal.tune",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

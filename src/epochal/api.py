@@ -146,6 +146,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
             if not resuming:
                 folder.write_json("env.json", {**provenance.collect(run_.device, config.train.seed), **run_.origin,
                                                **ranks})
+            warned.training(run_)  # the run is taken (a resume that finds it finished too): its warnings are its own
             finished = _already_finished(run_)
             if finished is not None:
                 log(f"{folder.path}: already {status_of(finished)} ({finished['metadata']['stop_reason']}); "
@@ -153,7 +154,6 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
                 return _finished(folder, finished, log)
             if run_.state.status == "preempted":
                 run_.state.status, run_.state.stop_reason = "running", ""
-            warned.training(run_)
             result = fit(run_)
             world.barrier()  # no rank leaves while rank 0 still writes: torchrun would stop it
             return _finished(folder, result, log)

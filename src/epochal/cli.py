@@ -1,4 +1,4 @@
-"""The ``epochal`` command: run, resume, show, report, tasks, recipe, audit, sweep, runs, compare.
+"""The ``epochal`` command: run, resume, show, report, tasks, recipe, audit, sweep, runs, compare, tune.
 
 Bad input ends with one line on stderr naming what is wrong and what is
 allowed, exit code 2 for a bad config or argument, 1 for other errors, and no
@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(audit)
     audit.add_argument("--kills", type=int, default=3, help="SIGKILLs at random steps (default 3)")
     audit.add_argument("--every-steps", type=int, default=7, help="mid-epoch checkpoint interval during the audit")
+
+    tune = sub.add_parser("tune", help="before a run: the largest batch that fits, or a learning-rate range test")
+    tune.add_argument("what", choices=["batch-size", "lr"])
+    tune.add_argument("task")
+    _add_config_args(tune)
+    tune.add_argument("--max", type=int, metavar="N", help="batch-size: never above N (required on a CPU)")
+    tune.add_argument("--steps", type=int, default=200, help="lr: steps of the range test (default 200)")
+    tune.add_argument("--start", type=float, default=1e-7, help="lr: the first learning rate (default 1e-7)")
+    tune.add_argument("--end", type=float, default=10.0, help="lr: the last learning rate (default 10)")
 
     sweep = sub.add_parser("sweep", help="run a search space of settings (Optuna): grid, random or tpe")
     sweep.add_argument("spec", nargs="?", metavar="SPEC.toml", help="the sweep spec (see README, Sweeps)")
@@ -322,7 +331,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "show": cmd_show, "report": cmd_report, "tasks": cmd_tasks, "recipe": cmd_recipe,
+def cmd_tune(args: argparse.Namespace) -> int:
+    from epochal import tune
+
+    if args.what == "batch-size":
+        size, peak = tune.find_batch_size(args.task, args.config, _overrides(args), args.max)
+        memory = f", {peak:.0f} MiB at the peak" if peak else ""
+        print(f"largest batch that fits: {size}{memory} (train.batch_size = {size})")
+        return 0
+    test = tune.tune_task_lr(args.task, args.config, _overrides(args), args.start, args.end, args.steps,
+                             Path(args.out or "results") / "tune")
+    shown = f"; the curve: {test.plot}" if test.plot else ""
+    print(f"suggested learning rate: {test.suggestion:.3g} (optim.lr = {test.suggestion:.3g}){shown}")
+    return 0
+
+
+COMMANDS = {"tune": cmd_tune, "run": cmd_run, "resume": cmd_resume, "show": cmd_show, "report": cmd_report, "tasks": cmd_tasks, "recipe": cmd_recipe,
             "audit": cmd_audit, "sweep": cmd_sweep, "runs": cmd_runs, "compare": cmd_compare}
 
 
