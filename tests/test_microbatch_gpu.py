@@ -30,9 +30,10 @@ def train(tmp_path, name, settings):
 
 
 def test_a_real_cuda_out_of_memory_is_retried_in_micro_batches_with_the_same_result(tmp_path):
+    held = torch.cuda.memory_allocated()  # earlier tests' caches (compiled graphs' pools) count too
     configured, a = train(tmp_path, "configured", {"grad_accum": 4})
     auto, b = train(tmp_path, "auto", {"microbatch": "auto"})
     assert auto.status == "completed"
     assert auto.result["curves"]["train_loss"] == configured.result["curves"]["train_loss"]
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
-    assert torch.cuda.memory_allocated() < 2**30  # the failed attempts left nothing behind
+    assert torch.cuda.memory_allocated() - held < 2**26  # the failed attempts left nothing behind
