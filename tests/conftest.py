@@ -13,6 +13,12 @@ def quiet(_message: str) -> None:
     """fit(log=...) sink that keeps test output readable."""
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Each test has its own cache folder (the runs index cache, index_cache.py): none shares or leaves one."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def run_toy(tmp_path):
     """fit() of the built-in toy task into tmp_path with test-sized settings; returns the FitResult."""

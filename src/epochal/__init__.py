@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from epochal.config import RunConfig
     from epochal.decisions import Continue, RollBack, Save, Stop
     from epochal.ema import EMAModel
+    from epochal.runs import load_runs
     from epochal.script import fit
     from epochal.tasks import Built, RunContext, Task, register_task
     from epochal.tune import tune_lr
@@ -42,6 +43,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "fit": "epochal.script",
     "load_checkpoint": "epochal.analysis",
     "load_run": "epochal.analysis",
+    "load_runs": "epochal.runs",
     "register_task": "epochal.tasks",
     "run": "epochal.api",
     "save_checkpoint": "epochal.analysis",

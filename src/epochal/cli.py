@@ -1,4 +1,4 @@
-"""The ``epochal`` command: run, resume, show, report, tasks, recipe, audit, sweep, runs, compare, tune.
+"""The ``epochal`` command: run, resume, show, report, tasks, recipe, audit, sweep, runs, compare, diff, tune.
 
 Bad input ends with one line on stderr naming what is wrong and what is
 allowed, exit code 2 for a bad config or argument, 1 for other errors, and no
@@ -146,8 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--sort", metavar="KEY", help="sort by a metric, setting or column (--sort=-KEY: descending)")
     runs.add_argument("--desc", action="store_true", help="sort in descending order")
     runs.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    runs.add_argument("--columns", metavar="A,B,...", help="show these columns (any setting, metric or column)")
     runs.add_argument("--passed", action="store_true",
                       help="only runs that completed and passed their gate (if any): what analysis should read")
+
+    diff = sub.add_parser("diff", help="only what differs between two runs: settings, environment, hashes, "
+                                      "results with deltas, where the loss curves part")
+    diff.add_argument("run_a", metavar="RUN_A")
+    diff.add_argument("run_b", metavar="RUN_B")
+    diff.add_argument("--rtol", type=float, default=0.0, help="relative difference below which losses count as equal")
 
     compare = sub.add_parser("compare", help="settings that differ, metrics side by side, where curves diverge")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN")
@@ -320,7 +327,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from epochal.runs import format_rows, runs_index
 
     sort = f"-{args.sort.lstrip('-')}" if args.sort and args.desc else args.sort
-    print(format_rows(runs_index(args.paths, args.where, sort, passed=args.passed), args.format))
+    columns = [name.strip() for name in args.columns.split(",") if name.strip()] if args.columns else []
+    print(format_rows(runs_index(args.paths, args.where, sort, passed=args.passed, columns=columns), args.format))
     return 0
 
 
@@ -328,6 +336,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from epochal.runs import compare
 
     print(compare(args.run_dirs, args.rtol, include_failed=args.include_failed))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from epochal.runs import diff
+
+    print(diff(args.run_a, args.run_b, args.rtol))
     return 0
 
 
@@ -346,7 +361,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"tune": cmd_tune, "run": cmd_run, "resume": cmd_resume, "show": cmd_show, "report": cmd_report, "tasks": cmd_tasks, "recipe": cmd_recipe,
+COMMANDS = {"diff": cmd_diff, "tune": cmd_tune, "run": cmd_run, "resume": cmd_resume, "show": cmd_show, "report": cmd_report, "tasks": cmd_tasks, "recipe": cmd_recipe,
             "audit": cmd_audit, "sweep": cmd_sweep, "runs": cmd_runs, "compare": cmd_compare}
 
 

@@ -64,9 +64,7 @@ def read_run(folder: Path) -> dict[str, Any]:
     result = _read_json(folder / "result.json")
     trial = _read_json(folder / "trial.json")
     meta = result.get("metadata", {})
-    status = status_of(result) if result else "not started"
-    if status in ("running", "not started"):
-        status = "running" if lock_alive(folder) else "interrupted"
+    status = _live_status(folder, status_of(result) if result else "not started")
     failure = meta.get("failure_reason") or (meta.get("stop_reason") if status in ("failed", "pruned") else None)
     row: dict[str, Any] = {
         "run": str(folder), "task": result.get("task") or settings.get("task.name"), "status": status,
@@ -82,6 +80,41 @@ def read_run(folder: Path) -> dict[str, Any]:
         row[f"best_{best['metric']}"] = best.get("value")
         row["best_epoch"] = best.get("epoch")
     return {"row": row, "settings": settings, "result": result}
+
+
+def _live_status(folder: Path, status: str) -> str:
+    """A run without a final status is running if a live process holds its folder, else interrupted."""
+    if status in ("running", "not started", "interrupted"):
+        return "running" if lock_alive(folder) else "interrupted"
+    return status
+
+
+def _index_record(folder: Path) -> dict:
+    """What the index keeps of a folder (no curves): its row with test metrics and duration, its settings;
+    a folder that cannot be read is a row of its own, status "damaged"."""
+    try:
+        record = read_run(folder)
+    except EpochalError as err:
+        return {"row": {"run": str(folder), "task": None, "status": "damaged", "gate_passed": None,
+                        "failure_reason": str(err), "trial": None, "point": None}, "settings": {}}
+    result = record["result"]
+    row = record["row"]
+    row["seconds"] = result.get("metadata", {}).get("train_seconds")
+    for weights, metrics in (result.get("test") or {}).items():
+        row.update({f"test/{weights}/{name}": value for name, value in (metrics or {}).items()})
+    return {"row": row, "settings": record["settings"]}
+
+
+def index_records(paths: list[str | Path]) -> list[dict]:
+    """The index record of every run folder under ``paths``, read through the cache (index_cache.py)."""
+    from epochal.index_cache import cached_rows
+
+    records = cached_rows(find_runs(list(paths)), _index_record)
+    for record in records:  # whether a process holds a folder is never cached
+        row = record["row"]
+        if row["status"] != "damaged":
+            row["status"] = _live_status(Path(row["run"]), row["status"])
+    return records
 
 
 # ----------------------------------------------------------------- the index
@@ -123,10 +156,26 @@ def select(records: list[dict], wheres: list[str]) -> list[dict]:
     for text in wheres:
         key, op, wanted = parse_where(text)
         if records and not any(_lookup(r, key)[0] for r in records):
-            known = sorted({k for r in records for k in r["row"]} | {k for r in records for k in r["settings"]})
-            raise ConfigError(f"--where {key}: no run has it; allowed: {', '.join(known[:40])}")
+            raise ConfigError(f"--where {key}: no run has it; {_close_keys(key, records)}")
         records = [r for r in records if _lookup(r, key)[0] and _matches(_lookup(r, key)[1], op, wanted)]
     return records
+
+
+def _close_keys(key: str, records: list[dict]) -> str:
+    """The known column, setting and metric names nearest to a misspelt ``key``, for its error line."""
+    import difflib
+
+    known = sorted({k for r in records for k in r["row"]} | {k for r in records for k in r["settings"]})
+    close = difflib.get_close_matches(key, known, n=6, cutoff=0.5) or known[:12]
+    return f"allowed, for example: {', '.join(close)}"
+
+
+def choose_columns(records: list[dict], columns: list[str]) -> list[dict[str, Any]]:
+    """Only ``columns`` of each row (any metric or setting may be named, shown or not by default)."""
+    for name in columns:
+        if records and not any(_lookup(r, name)[0] for r in records):
+            raise ConfigError(f"--columns {name}: no run has it; {_close_keys(name, records)}")
+    return [{name: _lookup(record, name)[1] for name in columns} for record in records]
 
 
 def sort_records(records: list[dict], key: str | None) -> list[dict]:
@@ -166,12 +215,38 @@ def index_rows(records: list[dict]) -> list[dict[str, Any]]:
 
 
 def runs_index(paths: list[str | Path], wheres: list[str] = (), sort: str | None = None,
-               passed: bool = False) -> list[dict[str, Any]]:
-    """The index rows; ``passed`` keeps only runs that completed and passed their gate (if they have one)."""
-    records = [read_run(folder) for folder in find_runs(list(paths))]
+               passed: bool = False, columns: list[str] = ()) -> list[dict[str, Any]]:
+    """The index rows; ``passed`` keeps only runs that completed and passed their gate (if they have one);
+    ``columns`` names the columns to show instead of the default ones."""
+    records = index_records(paths)
     if passed:
         records = [r for r in records if r["row"]["status"] == COMPLETED]
-    return index_rows(sort_records(select(records, list(wheres)), sort))
+    records = sort_records(select(records, list(wheres)), sort)
+    return choose_columns(records, list(columns)) if columns else index_rows(records)
+
+
+def load_runs(paths: str | Path | list[str | Path] = "results", include_failed: bool = False):
+    """Every run folder under ``paths`` (nested folders and sweeps too) as a pandas DataFrame, one row a run:
+    its folder (``run``) and ``id``, status, gate, failure reason, sweep trial and point, every setting
+    flattened (``optim.lr``), final and best metrics, test metrics (``test/last/...``), ``seconds`` trained.
+    Gate-failed runs are left out with a warning naming how many, unless ``include_failed``; a folder that
+    cannot be read is a row with status "damaged". Read through a cache (index_cache.py)."""
+    try:
+        import pandas
+    except ImportError:
+        raise EpochalError("load_runs needs pandas; install it with pip install 'epochal[analysis]'") from None
+    records, left_out = split_gate_failed(index_records([paths] if isinstance(paths, (str, Path)) else paths),
+                                          include_failed)
+    if left_out:
+        import warnings
+
+        from epochal.analysis import GateFailedWarning
+
+        warnings.warn(f"load_runs: left out {len(left_out)} gate-failed run(s) (seed 001 keeps failed configs out "
+                      "of analysis); include_failed=True brings them in", GateFailedWarning, stacklevel=2)
+    rows = [{"run": r["row"]["run"], "id": Path(r["row"]["run"]).name, **r["row"], **r["settings"]}
+            for r in records]
+    return pandas.DataFrame(rows)
 
 
 def split_gate_failed(records: list[dict], include_failed: bool) -> tuple[list[dict], list[dict]]:
@@ -293,6 +368,55 @@ def compare(paths: list[str | Path], rtol: float = 0.0, include_failed: bool = F
             lines.append(_divergence_line(metric, f"{label} vs A", base.get("curves", {}).get(metric, []),
                                           other.get("curves", {}).get(metric, []), "epoch",
                                           base.get("eval_epochs"), rtol))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- diff
+VOLATILE_ENV = {"started", "command", "seed"}  # when and how a run was launched, or a setting shown already
+
+
+def _environment(folder: Path) -> dict[str, Any]:
+    return {k: v for k, v in flat(_read_json(folder / "env.json")).items() if k not in VOLATILE_ENV}
+
+
+def _delta(a: Any, b: Any) -> str:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    return f"{b - a:+.4g}" if numbers else ""
+
+
+def diff(path_a: str | Path, path_b: str | Path, rtol: float = 0.0) -> str:
+    """Only what differs between two runs: settings, environment (versions, GPU, commit, dirty hash), data
+    and initial-weight hashes, results with their deltas, and the first step at which the loss curves part."""
+    folders = [Path(path_a), Path(path_b)]
+    for folder in folders:
+        if not (folder / "config.toml").exists():
+            raise EpochalError(f"{folder}: not a run folder (no config.toml); allowed: a folder made by epochal run")
+    a, b = (read_run(folder) for folder in folders)
+    lines = [f"A = {folders[0]}", f"B = {folders[1]}"]
+
+    def section(title: str, rows: list[dict]) -> None:
+        lines.extend(["", f"{title}:", _indent(format_table(rows))] if rows else [])
+
+    section("settings", [{"setting": k, "A": a["settings"].get(k), "B": b["settings"].get(k)}
+                         for k in differing([a, b])])
+    env_a, env_b = _environment(folders[0]), _environment(folders[1])
+    section("environment, data and initial weights", [
+        {"": k, "A": env_a.get(k), "B": env_b.get(k)} for k in sorted(env_a.keys() | env_b.keys())
+        if json.dumps(env_a.get(k), sort_keys=True) != json.dumps(env_b.get(k), sort_keys=True)])
+    names = [k for k in a["row"] if k != "run"] + [k for k in b["row"] if k not in a["row"]]
+    section("results", [{"": k, "A": a["row"].get(k), "B": b["row"].get(k), "B - A": _delta(a["row"].get(k),
+                                                                                          b["row"].get(k))}
+                        for k in names if a["row"].get(k) != b["row"].get(k)])
+    curve_a = a["result"].get("curves", {}).get("train_loss", [])
+    curve_b = b["result"].get("curves", {}).get("train_loss", [])
+    part = first_divergence(curve_a, curve_b, rtol)
+    if part is not None:
+        lines += ["", f"loss curves: part at step {part + 1}: {_cell(curve_a[part])} vs {_cell(curve_b[part])}"]
+    elif len(curve_a) != len(curve_b):
+        lines += ["", f"loss curves: identical over the {min(len(curve_a), len(curve_b))} shared steps "
+                      f"({len(curve_a)} vs {len(curve_b)})"]
+    if len(lines) == 2:
+        lines += ["", f"identical: settings, environment, results and the {len(curve_a)}-step loss curve"]
     return "\n".join(lines)
 
 
