@@ -10,10 +10,11 @@ PIP := $(BIN)/python -m pip install -q -c constraints.txt
 
 # torch is installed on its own first so that pip takes the pinned CPU wheel
 # instead of resolving a newer CUDA build.
+# The plots extra too: the demo's run ends with its loss and metric plots and a report to open.
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e .
+	$(PIP) -e '.[plots]'
 	touch $@
 
 $(BIN)/.dev-installed: $(BIN)/.installed
@@ -26,6 +27,7 @@ $(BIN)/.bench-installed: $(BIN)/.dev-installed
 
 demo: $(BIN)/.installed
 	$(BIN)/epochal run walks --id demo --overwrite
+	$(BIN)/epochal report results/demo
 
 test: $(BIN)/.dev-installed
 	$(BIN)/python -m pytest

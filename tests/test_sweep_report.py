@@ -1,6 +1,7 @@
 """`epochal report SWEEP_DIR`: the tables and plots of a sweep's report.html, opened in headless Chromium."""
 
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -124,7 +125,7 @@ def test_plots_and_the_report_are_written_through_io(tmp_path, written):
     folder = sweep_folder(tmp_path, summary())
     target = sweep_report(folder)
     plots = {folder / "plots" / f"eval_mse-vs-{name}.png" for name in ("optim.lr", "train.batch_size", "task.hidden")}
-    assert set(written) == plots | {target}
+    assert set(written) == plots | {target, folder / "plots" / "parallel-coordinates.png"}
     assert all(png_size(path) == (700, 400) for path in plots)
 
 
@@ -206,7 +207,47 @@ def test_sweep_report_opens_in_chromium_and_lists_every_trial_and_the_failed_one
     checked.write_text(html.replace("</head>", CHECK + "</head>"))
     found, console = open_in_chromium(checked, tmp_path / "report.png")
     assert [image["alt"].split(":")[0] for image in found["images"]] == [
-        "plots/eval_mse-vs-optim.lr.png", "plots/eval_mse-vs-train.batch_size.png"]
+        "plots/eval_mse-vs-optim.lr.png", "plots/eval_mse-vs-train.batch_size.png",
+        "plots/parallel-coordinates.png", "plots/best-curves.png"]
+    assert "too few points for an importance: 2 completed, at least 5" in html
     assert all(image["complete"] and image["width"] > 0 for image in found["images"]), found["images"]
     assert found["errors"] == [] and console == []
     assert png_size(tmp_path / "report.png") == (1000, 1600)
+
+
+def many_points(count):
+    """Completed points whose value follows the learning rate only: the importance must say so."""
+    found = []
+    for k in range(count):
+        lr = 10 ** (-4 + 3 * k / max(1, count - 1))
+        entry = point(k, abs(math.log10(lr) + 2.5) + 0.01 * (k % 3), lr=lr, batch=[32, 64, 128][k % 3])
+        entry["params"]["task.hidden"] = 8 + (7 * k) % 57
+        found.append(entry)
+    return found
+
+
+def test_the_report_ranks_the_parameters_and_draws_every_point_at_once(tmp_path):
+    folder = sweep_folder(tmp_path, summary(points=many_points(24)))
+    html = sweep_report(folder).read_text()
+    assert "Which parameters mattered for eval_mse" in html and "PED-ANOVA" in html
+    ranked = re.findall(r'<tr><td>([a-z_.]+)</td><td class="num">([0-9.e-]+)</td></tr>', html)
+    assert ranked and ranked[0][0] == "optim.lr"  # the value depends on it alone
+    assert (folder / "plots" / "parallel-coordinates.png").stat().st_size > 0
+    assert "parallel-coordinates.png" in html
+
+
+def test_a_small_sweep_says_its_importance_would_mean_nothing(tmp_path):
+    html = sweep_report(sweep_folder(tmp_path, summary())).read_text()
+    assert "too few points for an importance: 4 completed, at least 5" in html
+
+
+def test_the_best_points_curves_are_overlaid_from_their_run_folders(tmp_path):
+    folder = sweep_folder(tmp_path, summary(points=many_points(6)))
+    for entry in many_points(6):
+        run = folder / entry["runs"]["0"]
+        run.mkdir(parents=True)
+        run.joinpath("result.json").write_text(json.dumps({"curves": {"train_loss": [1.0, 0.5, 0.25],
+                                                                      "eval_mse": [entry["value"]]},
+                                                           "eval_epochs": [1]}))
+    html = sweep_report(folder).read_text()
+    assert (folder / "plots" / "best-curves.png").stat().st_size > 0 and "best-curves.png" in html

@@ -3,8 +3,9 @@
 Drawn from sweep.json (one entry per point: parameters, value, spread, status, failure
 reason, run folders) and spec.toml (how each parameter is sampled), with report.py's pieces:
 the sweep at a glance, the best points by the objective's direction, the metric against each
-swept parameter (``plots/<metric>-vs-<parameter>.png``, embedded), the failed and pruned
-points with their reasons, and every point with links to its run folders.
+swept parameter (``plots/<metric>-vs-<parameter>.png``, embedded), every point at once
+(parallel coordinates), the parameters' importance and the best points' curves (insight.py), the
+failed and pruned points with their reasons, and every point with links to its run folders.
 
 A point is what sweep.json lists; the trials column names the Optuna trials that tried it
 (more than one after a retry or a duplicate draw).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from epochal.plots import DPI, PLOTS, pyplot, save_png, use_log_scale
 from epochal.records import read_json
 from epochal.html_parts import Markup, html_table, image_tag, page, section, status_badge
 from epochal.status import GATE_FAILED
+from epochal.sweep.insight import best_curves_figure, importances, parallel_figure
 from epochal.sweep.spec import Choice, Range, SweepSpec, parse_spec
 
 BEST = 5  # points in the best table: enough to tell a plateau from one lucky point
@@ -255,6 +258,25 @@ def plots_section(sweep_dir: Path, summary: dict, spec: SweepSpec, include_faile
     return section(f"{summary['metric']} vs each swept parameter", "\n".join(images) or "<p>No point completed yet.</p>")
 
 
+def insight_sections(sweep_dir: Path, summary: dict, spec: SweepSpec, include_failed: bool = False) -> list[str]:
+    """Every point at once (parallel coordinates), the parameters' importance, the best points' curves."""
+    points = [e for e in analysed(summary, include_failed) if e.get("value") is not None]
+    metric = summary["metric"]
+    figure = parallel_figure(summary, spec, points)
+    every = (image_tag(save_png(figure, sweep_dir / PLOTS / "parallel-coordinates.png"),
+                       f"{PLOTS}/parallel-coordinates.png: each line a point, its parameters, then the objective")
+             if figure is not None else "<p>Fewer than two completed points.</p>")
+    found, note = importances(summary, spec, points)
+    ranked = html_table(["parameter", "importance"], sorted(found.items(), key=lambda kv: -kv[1])) if found else ""
+    figure = best_curves_figure(summary, best_points(summary, include_failed=include_failed), sweep_dir)
+    curves = (image_tag(save_png(figure, sweep_dir / PLOTS / "best-curves.png"),
+                        f"{PLOTS}/best-curves.png: the best points' curves, the first seed's run of each")
+              if figure is not None else "<p>No run folder of a best point has curves yet.</p>")
+    return [section("Every point at once", every),
+            section(f"Which parameters mattered for {metric}", f"<p>{html_escape(note)}</p>{ranked}"),
+            section(f"Curves of the best points (top {BEST})", curves)]
+
+
 def sweep_sections(sweep_dir: Path, summary: dict, spec: SweepSpec, report_dir: Path,
                    include_failed: bool = False) -> list[str]:
     names, metric = list(spec.space), summary["metric"]
@@ -266,6 +288,7 @@ def sweep_sections(sweep_dir: Path, summary: dict, spec: SweepSpec, report_dir: 
             best_points(summary, include_failed=include_failed), summary, names, sweep_dir, report_dir,
             "No point completed yet.")),
         plots_section(sweep_dir, summary, spec, include_failed),
+        *insight_sections(sweep_dir, summary, spec, include_failed),
         section(f"Gate-failed points ({apart})", table_or(
             gate_failed_points(summary), summary, names, sweep_dir, report_dir, "None.")),
         section("Failed and pruned points", table_or(
