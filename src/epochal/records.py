@@ -7,6 +7,9 @@ results/<group>/<experiment_id>/
   history.jsonl   one object per optimizer step and per epoch, appended and flushed
   result.json     status, metrics, curves, gate metadata; replaced atomically
   checkpoints/    see checkpoint.py
+  metrics.json    -> result.json, and logs/history.jsonl -> ../history.jsonl: the names seed 003 gives
+                  them (its "final summary" and "per step/epoch" logs), as relative symbolic links, so
+                  that no data is kept twice and the names seed 001 gives still hold
 
 What marks an epochal run folder (the only kind ``--overwrite`` or a restart
 ever empties): a folder whose ``config.toml`` is TOML with a ``[task]`` table
@@ -37,6 +40,8 @@ from epochal.lock import LOCK_NAME, FolderLock
 
 LOCK = LOCK_NAME
 CONFIG = "config.toml"
+# Seed 003's names for files a run folder has under seed 001's: link -> what it points at (relative).
+SEED_NAMES = {"metrics.json": "result.json", "logs/history.jsonl": "../history.jsonl"}
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"  # in checkpoints/: see checkpoint.py
 # Longest experiment_id or group: room for suffixes and well under any file system's name limit.
@@ -193,6 +198,7 @@ class RunFolder:
                 self.clear()  # nothing was ever saved: start from step 0 in a clean folder
             if resume != "never" and existing:
                 self.remove_stale_temps()
+            self._link_seed_names()  # also into a folder of the layout before the links
             return resume != "never" and existing
         except BaseException:
             self.release()
@@ -264,6 +270,19 @@ class RunFolder:
                 child.unlink()
 
     # ----------------------------------------------------------------- writing
+    def _link_seed_names(self) -> None:
+        """metrics.json and logs/history.jsonl, relative links to result.json and history.jsonl (which a
+        replace by rename keeps them pointing at); where links cannot be made, the folder goes without."""
+        for link, target in SEED_NAMES.items():
+            path = self.path / link
+            if path.is_symlink() or path.exists():
+                continue
+            try:
+                path.parent.mkdir(exist_ok=True)
+                path.symlink_to(target)
+            except OSError:
+                pass
+
     def write_json(self, name: str, data: dict) -> None:
         if not self.writes:
             return
