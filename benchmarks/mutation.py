@@ -51,11 +51,13 @@ TARGETS = {
 # test_reliability are left out, so that a pass of ~80 mutants fits in about half an hour on a busy machine).
 TESTS = {
     "checkpoint.py": ["tests/test_checkpoint.py"],
-    "state.py": ["tests/test_state.py", "tests/test_resume.py"],
+    "state.py": ["tests/test_state.py", "tests/test_resume.py", "tests/test_history_epochs.py"],
     "data.py": ["tests/test_data.py"],
-    "step.py": ["tests/test_step.py"],
-    "loop.py": ["tests/callbacks/test_nan_policy.py", "tests/test_loop.py", "tests/test_resume.py"],
-    "training.py": ["tests/callbacks/test_nan_policy.py", "tests/test_loop.py", "tests/test_resume.py"],
+    "step.py": ["tests/test_step.py", "tests/test_microbatch.py", "tests/test_cli.py"],
+    "loop.py": ["tests/callbacks/test_nan_policy.py", "tests/test_loop.py", "tests/test_resume.py",
+                "tests/test_gate_failed.py"],
+    "training.py": ["tests/callbacks/test_nan_policy.py", "tests/test_loop.py", "tests/test_resume.py",
+                    "tests/test_microbatch.py"],
 }
 ALL_TESTS = sorted({f for files in TESTS.values() for f in files})
 

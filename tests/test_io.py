@@ -98,7 +98,9 @@ def test_rewrite_in_place_keeps_the_inode(tmp_path):
 def test_every_file_of_a_run_is_written_through_io(run_toy, written):
     """All but history.jsonl, which is appended line by line (its truncation on resume goes through io)."""
     result = run_toy(settings={"ema.enabled": True, "ema.decay": 0.9, "checkpoint.every_steps": 3, "log.plots": True})
-    files = {p.relative_to(result.run_dir) for p in result.run_dir.rglob("*") if p.is_file()}
+    files = {p.relative_to(result.run_dir) for p in result.run_dir.rglob("*") if p.is_file() and not p.is_symlink()}
+    links = {p.relative_to(result.run_dir) for p in result.run_dir.rglob("*") if p.is_symlink()}
+    assert links == {Path("metrics.json"), Path("logs/history.jsonl")}  # seed 003's names for two of the files
     through_io = {p.relative_to(result.run_dir) for p in written}
     hard_links = {Path("checkpoints", name) for name in ("last.pt", "best.pt")}  # links to written files
     assert files - through_io - hard_links == {Path("history.jsonl")}

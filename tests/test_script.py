@@ -32,7 +32,8 @@ def test_the_readme_example_runs_verbatim(tmp_path, monkeypatch):
     result = namespace["result"]
     assert result.status == "completed" and result.run_dir.parent == Path("results")
     losses = result.result["curves"]["eval_loss"]
-    assert losses[-1] < losses[0] and (result.run_dir / "config.toml").exists() and result.weights.exists()
+    assert losses[-1] < losses[0] / 10  # it visibly learns, not just a little
+    assert (result.run_dir / "config.toml").exists() and result.weights.exists()
 
 
 def regression(n=256, seed=0):

@@ -147,7 +147,8 @@ def _artifacts_differ(a: Path, b: Path) -> str | None:
     """Every file besides the checkpoints' own bytes (their weights are compared above): same names, same
     content once the volatile fields are dropped."""
     def files(run: Path) -> set[str]:
-        return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.name != ".lock"
+        return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and not p.is_symlink()  # seed names
+                and p.name != ".lock"
                 and not (p.parent.name == "checkpoints" and p.suffix == ".pt")
                 and p.parent.name != "plots"  # drawn from the data compared above; PNG bytes vary by process
                 and p.name not in ("manifest.json", "config.toml", "report.html")}

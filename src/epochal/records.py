@@ -198,7 +198,7 @@ class RunFolder:
                 self.clear()  # nothing was ever saved: start from step 0 in a clean folder
             if resume != "never" and existing:
                 self.remove_stale_temps()
-            self._link_seed_names()  # also into a folder of the layout before the links
+                self._link_seed_names()  # also into a folder of the layout before the links
             return resume != "never" and existing
         except BaseException:
             self.release()
@@ -295,6 +295,7 @@ class RunFolder:
         kept = [line for line in self._config_lines() if line.startswith(FORCE_NOTE)]
         header = "".join(f"{line}\n" for line in [*kept, *notes])
         atomic_write_text(self.path / CONFIG, header + toml_text)
+        self._link_seed_names()  # after config.toml: a start that fails before it leaves nothing unknown behind
 
     def _config_lines(self) -> list[str]:
         try:
