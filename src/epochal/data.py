@@ -30,7 +30,7 @@ import hashlib
 import math
 import random
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from epochal.checkpoint import tensors_sha256
 from epochal.distributed import ALONE, World, check_global_batch
-from epochal.errors import ConfigError
+from epochal.errors import CheckpointError, ConfigError
 from epochal.tree import leaves, to_device, tree_map
 
 ACCEPTED = "a tensor, a tuple/list/dict of tensors, a Dataset, an IterableDataset or a DataLoader"
@@ -95,6 +95,9 @@ class Batches:
         return {}
 
     def load_state_dict(self, state: dict) -> None: ...
+
+    def follow(self, position: Callable[[], tuple[int, int]]) -> None:
+        """Told where the loop has trained to, (epoch, batches into it), for data that keeps state per batch."""
 
 
 class _Ordered(Batches):
@@ -338,6 +341,12 @@ class IterableBatches(Batches):
         return {"kind": "IterableDataset", "dataset": type(self.loader.dataset).__name__,
                 "batch_size": self.loader.batch_size, "num_workers": self.loader.num_workers}
 
+    def load_state_dict(self, state: dict) -> None:
+        if state:  # written by a stateful stream: this data could not continue where that one stood
+            raise CheckpointError(f"the checkpoint holds the state of dataset {state.get('dataset')}, this run's "
+                                  f"data {type(self.loader.dataset).__name__} has no state_dict; allowed: the "
+                                  "dataset the run started with")
+
 
 def shard(batch, rank: int, ranks: int):
     """Rank ``rank``'s part of a global batch (of indices) that splits evenly over ``ranks``."""
@@ -354,6 +363,11 @@ def make_batches(train_data: Any, device: torch.device, batch_size: int, seed: i
                           "with more than one: tensors, a map-style Dataset or a DataLoader over one")
     if not isinstance(train_data, DataLoader):
         check_global_batch(batch_size, world.size)
+    if iterable:
+        from epochal import streams  # data.py's own imports stay free of torchdata
+
+        if streams.is_stateful(train_data):
+            return streams.StreamBatches(train_data, device, batch_size, seed, workers)
     if isinstance(train_data, DataLoader):
         if isinstance(train_data.dataset, IterableDataset):
             return IterableBatches(train_data, device, seed)

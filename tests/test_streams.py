@@ -1,0 +1,145 @@
+"""Streams with state: a resume loads the data's position instead of skipping to it, bit-identically."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+import epochal
+from epochal.checkpoint import CheckpointStore
+from epochal.errors import CheckpointError, ConfigError
+
+from test_resume import SignalAtStep
+
+N = 40  # examples a pass: 5 batches of 8, so a 12-step run crosses two epoch ends
+STEPS = 12
+
+
+def example(i: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.sin(torch.arange(4.0) * (i + 1) + epoch)
+    return x, x.sum(0, keepdim=True)
+
+
+class Shards(IterableDataset):
+    """A stateful stream that shards itself over workers (worker w reads examples w, w+W, ...) and counts how
+    many examples of its share it has handed out: its whole state. ``reads`` counts examples read in this
+    process, to tell a resume that loads the position from one that reads its way to it."""
+
+    def __init__(self, n: int = N):
+        self.n, self.epoch, self.next, self.start, self.reads = n, 0, 0, 0, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def state_dict(self):
+        return {"next": self.next}
+
+    def load_state_dict(self, state):
+        self.start = state["next"]
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        mine = range(worker, self.n, workers)
+        start, self.start = self.start, 0  # a loaded position is for this pass only
+        for k in range(start, len(mine)):
+            self.next, self.reads = k + 1, self.reads + 1
+            yield example(mine[k], self.epoch)
+
+
+class Plain(IterableDataset):
+    """The same examples, without state: a resume reads and skips what was trained."""
+
+    def __init__(self):
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        return (example(i, self.epoch) for i in range(N))
+
+
+def loss_fn(model, batch):
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
+def train(tmp_path, run_id, data, settings=None, **extra):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.1), nn.Tanh(), nn.Linear(8, 1))
+    config = {"train": {"max_steps": STEPS, "batch_size": 8, "progress": False, "log_every": 2},
+              "log": {"plots": False}, **(settings or {})}
+    return epochal.fit(model, data, loss_fn, config=config, out_dir=tmp_path, experiment_id=run_id,
+                       log=extra.pop("log", lambda _: None), **extra)
+
+
+def weights(result):
+    return CheckpointStore(result.run_dir / "checkpoints", 3).load_states("last.pt")["model"]
+
+
+def assert_identical(a, b):
+    assert a.status == b.status == "completed" and a.result["steps"] == b.result["steps"] == STEPS
+    assert a.result["curves"] == b.result["curves"]
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stateful_stream_killed_mid_epoch_resumes_bit_identically_without_reading_back(tmp_path, workers):
+    data = lambda: DataLoader(Shards(), batch_size=8, num_workers=workers)  # noqa: E731
+    straight = train(tmp_path, "straight", data())
+    stopped = train(tmp_path, "stopped", data(), callbacks=[SignalAtStep(7)])  # batch 2 of epoch 2
+    assert stopped.status == "preempted" and stopped.result["steps"] == 7
+    lines = []
+    resumed_data = data()
+    resumed = train(tmp_path, "stopped", resumed_data, resume="must", log=lines.append)
+    assert_identical(straight, resumed)
+    assert not any("skipping" in line for line in lines), lines
+    if workers == 0:  # the resumed pass read from example 16 of epoch 2 on: nothing before it again
+        # the rest of epoch 2, then 3 batches of epoch 3 (the third is fetched as the step budget ends)
+        assert resumed_data.dataset.reads == (N - 16) + 3 * 8
+
+
+def test_the_state_saved_is_the_last_trained_batchs_not_the_last_fetched(tmp_path):
+    """A 7-step budget fetches an eighth batch it never trains: the final checkpoint holds batch 2 of epoch 2."""
+    result = train(tmp_path, "r", DataLoader(Shards(), batch_size=8), {"train": {
+        "max_steps": 7, "batch_size": 8, "progress": False}})
+    data = CheckpointStore(result.run_dir / "checkpoints", 3).load_states("last.pt")["data"]
+    assert (data["epoch"], data["position"], data["dataset"], data["keys"]) == (1, 2, "Shards", ["next"])
+    assert data["stream"]["dataset_state"]["next"] == 16
+
+
+def test_checkpoints_every_steps_and_every_minutes_work_with_a_stream(tmp_path):
+    for key, value, step in (("every_steps", 3, 3), ("every_minutes", 1e-9, 7)):  # every_minutes: each step
+        settings = {"checkpoint": {key: value, "async_write": False, "keep_last": 50}}
+        result = train(tmp_path, key, DataLoader(Shards(), batch_size=8), settings)
+        store = CheckpointStore(result.run_dir / "checkpoints", 50)
+        data = store.load_states(f"checkpoint_step_{step:08d}.pt")["data"]
+        epoch, position = divmod(step, 5)  # 5 batches a pass
+        assert (data["epoch"], data["position"]) == (epoch, position)
+        assert data["stream"]["dataset_state"]["next"] == 8 * position
+
+
+def test_torchdata_is_imported_for_a_stateful_stream_only():
+    """Importing torchdata brings its own samplers: data without state must run as it did without it."""
+    code = """
+import sys, torch
+from torch.utils.data import DataLoader, TensorDataset
+from epochal.data import make_batches
+from test_streams import Plain, Shards
+cpu = torch.device("cpu")
+for data in (TensorDataset(torch.arange(8)), DataLoader(TensorDataset(torch.arange(8)), shuffle=True), Plain()):
+    make_batches(data, cpu, batch_size=4, seed=0, drop_last=False)
+before = "torchdata" in sys.modules
+make_batches(Shards(), cpu, batch_size=4, seed=0, drop_last=False)
+print(before, "torchdata" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parent, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.split() == ["False", "True"]
