@@ -143,3 +143,25 @@ print(before, "torchdata" in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parent, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.stdout.split() == ["False", "True"]
+
+
+class Table(torch.utils.data.Dataset):
+    def __len__(self):
+        return N
+
+    def __getitem__(self, i):
+        return example(i, 0)
+
+
+def test_a_map_style_stateful_dataloader_keeps_its_exact_resume(tmp_path):
+    """Its shuffle=True sampler makes a generator of its own from the global stream: the checkpoint keeps
+    that generator's state as the epoch began, so a resumed epoch draws the order it drew before."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    def data(seed):
+        torch.manual_seed(seed)
+        return StatefulDataLoader(Table(), batch_size=8, shuffle=True)
+
+    straight = train(tmp_path, "straight", data(5))
+    train(tmp_path, "stopped", data(5), callbacks=[SignalAtStep(7)])
+    assert_identical(straight, train(tmp_path, "stopped", data(6), resume="must"))  # 6: another generator
