@@ -165,3 +165,15 @@ def test_a_map_style_stateful_dataloader_keeps_its_exact_resume(tmp_path):
     straight = train(tmp_path, "straight", data(5))
     train(tmp_path, "stopped", data(5), callbacks=[SignalAtStep(7)])
     assert_identical(straight, train(tmp_path, "stopped", data(6), resume="must"))  # 6: another generator
+
+
+def test_a_stream_without_state_skips_and_the_resume_says_how_many_why_and_how_to_avoid_it(tmp_path):
+    straight = train(tmp_path, "straight", DataLoader(Plain(), batch_size=8))
+    train(tmp_path, "stopped", DataLoader(Plain(), batch_size=8), callbacks=[SignalAtStep(7)])
+    lines = []
+    assert_identical(straight, train(tmp_path, "stopped", DataLoader(Plain(), batch_size=8), resume="must",
+                                     log=lines.append))
+    said = [line for line in lines if "skipping" in line]
+    assert len(said) == 1 and "\n" not in said[0]
+    assert "epoch 2 resumes by skipping the 2 batches" in said[0]
+    assert "Plain has no state_dict" in said[0] and "StatefulDataLoader" in said[0]

@@ -59,6 +59,7 @@ class Batches:
     ``describe()`` for provenance, and ``state_dict``/``load_state_dict`` (registered as "data")."""
 
     exact_resume = True  # False: a resume inside an epoch skips batches instead of jumping to them
+    skip_reason = ""  # where it skips: why, and how to avoid it (the resume says so)
     wait_seconds = 0.0  # host time spent waiting for the next batch, summed (the throughput meter reads it)
 
     def __len__(self) -> int:
@@ -336,6 +337,11 @@ class IterableBatches(Batches):
         for position, batch in enumerate(batches):
             if position >= start:  # a resume skips what it already trained on
                 yield self.copy(batch)
+
+    @property
+    def skip_reason(self) -> str:
+        return (f"the dataset {type(self.loader.dataset).__name__} has no state_dict; give it state_dict/"
+                "load_state_dict (or pass torchdata's StatefulDataLoader) and a resume loads its position instead")
 
     def describe(self) -> dict:
         return {"kind": "IterableDataset", "dataset": type(self.loader.dataset).__name__,

@@ -117,6 +117,11 @@ class StreamBatches(Batches):
         """False when the checkpoint holds no stream state (written before the data had one): then it skips."""
         return self.loaded is None or self.loaded.get("stream") is not None
 
+    @property
+    def skip_reason(self) -> str:
+        return (f"the checkpoint holds no state of {self.name} (it was written before the dataset had one); "
+                "the next checkpoint will, and a resume from it skips nothing")
+
     def follow(self, position: Callable[[], tuple[int, int]]) -> None:
         self.trained = position
 
