@@ -177,3 +177,40 @@ def test_a_stream_without_state_skips_and_the_resume_says_how_many_why_and_how_t
     assert len(said) == 1 and "\n" not in said[0]
     assert "epoch 2 resumes by skipping the 2 batches" in said[0]
     assert "Plain has no state_dict" in said[0] and "StatefulDataLoader" in said[0]
+
+
+class Unsaveable(Shards):
+    def state_dict(self):
+        import numpy as np
+
+        return {"next": self.next, "order": {"rows": [np.arange(3)]}}
+
+
+def test_a_state_a_checkpoint_cannot_hold_is_refused_before_training_naming_the_dataset_and_entry(tmp_path):
+    with pytest.raises(ConfigError) as refused:
+        train(tmp_path, "r", DataLoader(Unsaveable(), batch_size=8))
+    message = str(refused.value)
+    assert "\n" not in message and "Unsaveable.state_dict()['order']['rows'][0] is a numpy.ndarray" in message
+    assert "allowed: tensors, numbers, strings, lists or dicts" in message
+    assert not (tmp_path / "r").exists()  # refused before the run folder was kept, nothing trained
+
+
+class Renamed(Shards):
+    pass
+
+
+class OtherKeys(Shards):
+    def state_dict(self):
+        return {"offset": self.next}
+
+
+@pytest.mark.parametrize("other", [Renamed, OtherKeys, Plain])
+def test_a_checkpoint_of_another_datasets_state_refuses_the_resume_in_one_line(tmp_path, other):
+    train(tmp_path, "r", DataLoader(Shards(), batch_size=8), callbacks=[SignalAtStep(3)])
+    history = (tmp_path / "r" / "history.jsonl").read_text()
+    with pytest.raises(CheckpointError) as refused:
+        train(tmp_path, "r", DataLoader(other(), batch_size=8), resume="must")
+    message = str(refused.value)
+    assert "\n" not in message and "the checkpoint holds the state of dataset Shards" in message
+    assert other.__name__ in message
+    assert (tmp_path / "r" / "history.jsonl").read_text() == history  # nothing trained
