@@ -1,5 +1,6 @@
 """Streams with state: a resume loads the data's position instead of skipping to it, bit-identically."""
 
+import json
 import os
 import subprocess
 import sys
@@ -214,3 +215,58 @@ def test_a_checkpoint_of_another_datasets_state_refuses_the_resume_in_one_line(t
     assert "\n" not in message and "the checkpoint holds the state of dataset Shards" in message
     assert other.__name__ in message
     assert (tmp_path / "r" / "history.jsonl").read_text() == history  # nothing trained
+
+
+# --- Hugging Face datasets, streamed from local shards (never a hub) ---------------------------------
+
+def write_shards(folder: Path, kind: str, shards: int = 4) -> list[str]:
+    """N examples in ``shards`` files: as many shards as 2 workers need to take 2 each."""
+    rows = [{"x": example(i, 0)[0].tolist(), "y": example(i, 0)[1].tolist()} for i in range(N)]
+    per = N // shards
+    paths = []
+    for s in range(shards):
+        part = rows[s * per : (s + 1) * per]
+        path = folder / f"shard{s}.{kind}"
+        if kind == "jsonl":
+            path.write_text("".join(json.dumps(row) + "\n" for row in part))
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(part), path)
+        paths.append(str(path))
+    return paths
+
+
+def dict_loss(model, batch):
+    return nn.functional.mse_loss(model(batch["x"]), batch["y"])
+
+
+@pytest.mark.parametrize("kind, workers", [("jsonl", 0), ("parquet", 2)])
+def test_a_hugging_face_stream_from_local_shards_resumes_bit_identically(tmp_path, monkeypatch, kind, workers):
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+
+    files = write_shards(tmp_path, kind)
+    builder = "json" if kind == "jsonl" else "parquet"
+
+    def stream():
+        return datasets.load_dataset(builder, data_files=files, split="train", streaming=True,
+                                     cache_dir=str(tmp_path / "cache")).with_format("torch")
+
+    def go(run_id, **extra):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+        config = {"train": {"max_steps": STEPS, "batch_size": 8, "num_workers": workers, "progress": False},
+                  "log": {"plots": False}}
+        return epochal.fit(model, stream(), dict_loss, config=config, out_dir=tmp_path, experiment_id=run_id,
+                           log=lambda _: None, **extra)
+
+    straight = go("straight")
+    go("stopped", callbacks=[SignalAtStep(7)])
+    resumed = go("stopped", resume="must")
+    assert_identical(straight, resumed)
+    saved = CheckpointStore(resumed.run_dir / "checkpoints", 3).load_states("checkpoint_step_00000007.pt")["data"]
+    assert saved["dataset"] == "IterableDataset" and saved["keys"] == ["epoch", "examples_iterable"]
