@@ -14,9 +14,10 @@ straight to it. What a run can be given (``make_batches``):
   seeded from (seed, epoch), one with a generator has the generator's state kept
   in checkpoints, a ``set_epoch`` sampler gets the epoch: a resumed epoch is the same;
 - an ``IterableDataset`` (or a DataLoader over one): one pass is an epoch, the
-  length is unknown, so a step budget (``train.max_steps``) is required; a resume
-  inside an epoch skips the batches already trained on (exact when the data yields
-  the same batches on every pass).
+  length is unknown, so a step budget (``train.max_steps``) is required. One with
+  state (``state_dict``/``load_state_dict``) or a torchdata ``StatefulDataLoader``
+  resumes by loading its state (streams.py); one without skips the batches already
+  trained on (exact when the data yields the same batches on every pass).
 
 Under torchrun every batch above is a global batch: rank r of R trains on its r-th
 R-th of each one, so the global batches and their order are the same at any world
