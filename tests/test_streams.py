@@ -270,3 +270,27 @@ def test_a_hugging_face_stream_from_local_shards_resumes_bit_identically(tmp_pat
     assert_identical(straight, resumed)
     saved = CheckpointStore(resumed.run_dir / "checkpoints", 3).load_states("checkpoint_step_00000007.pt")["data"]
     assert saved["dataset"] == "IterableDataset" and saved["keys"] == ["epoch", "examples_iterable"]
+
+
+def batches_of(stream, epoch, start=0):
+    return [x.tolist() for x, _ in stream.epoch(epoch, start)]
+
+
+def test_a_checkpoint_without_stream_state_skips_and_another_worker_count_is_refused():
+    from epochal.streams import StreamBatches
+
+    cpu = torch.device("cpu")
+    fresh = StreamBatches(Shards(), cpu, batch_size=8, seed=0)
+    whole = batches_of(fresh, 1)
+    older = StreamBatches(Shards(), cpu, batch_size=8, seed=0)
+    older.load_state_dict({})  # written before the dataset had state: the resume reads and skips
+    assert not older.exact_resume and "no state of Shards" in older.skip_reason
+    assert batches_of(older, 1, start=2) == whole[2:]
+    two = StreamBatches(DataLoader(Shards(), batch_size=8, num_workers=2), cpu, batch_size=8, seed=0)
+    with pytest.raises(CheckpointError, match="read by 0 workers, this run's by 2"):
+        two.load_state_dict(fresh.state_dict())
+    loaded = StreamBatches(Shards(), cpu, batch_size=8, seed=0)
+    fresh.follow(lambda: (1, 3))
+    loaded.load_state_dict(fresh.state_dict())
+    assert loaded.exact_resume and loaded.state_dict()["stream"] == fresh.state_dict()["stream"]  # saved again
+    assert batches_of(loaded, 1, start=3) == whole[3:]

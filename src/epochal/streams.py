@@ -182,6 +182,8 @@ class StreamBatches(Batches):
             return
         check_same_stream(state, self.name, self.keys, self.loader.num_workers)
         self.loaded = state
+        # A checkpoint before the first batch after this (a preemption at once) saves the same position again.
+        self.snapshots.append(((state["epoch"], state["position"]), state["stream"]))
 
 
 def check_same_stream(state: dict, name: str, keys: list[str], workers: int) -> None:
