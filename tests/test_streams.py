@@ -294,3 +294,20 @@ def test_a_checkpoint_without_stream_state_skips_and_another_worker_count_is_ref
     loaded.load_state_dict(fresh.state_dict())
     assert loaded.exact_resume and loaded.state_dict()["stream"] == fresh.state_dict()["stream"]  # saved again
     assert batches_of(loaded, 1, start=3) == whole[3:]
+
+
+def test_a_stateful_dataloader_over_a_dataset_without_state_resumes_exactly_and_says_it_reads_its_way():
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    from epochal.data import make_batches
+    from epochal.streams import StreamBatches
+
+    cpu = torch.device("cpu")
+    running = make_batches(StatefulDataLoader(Plain(), batch_size=8), cpu, batch_size=8, seed=0, drop_last=False)
+    assert isinstance(running, StreamBatches) and not running.exact_resume
+    assert "Plain has no state_dict, so the StatefulDataLoader reads its way" in running.skip_reason
+    whole = batches_of(running, 1)
+    running.follow(lambda: (1, 2))
+    resumed = make_batches(StatefulDataLoader(Plain(), batch_size=8), cpu, batch_size=8, seed=0, drop_last=False)
+    resumed.load_state_dict(running.state_dict())
+    assert batches_of(resumed, 1, start=2) == whole[2:]

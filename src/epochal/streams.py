@@ -98,7 +98,8 @@ class StreamBatches(Batches):
         self.copy = DeviceCopy(device)
         dataset = self.loader.dataset
         self.name = type(dataset).__qualname__
-        initial = dataset.state_dict() if has_state(dataset) else {}
+        self.keeps_state = has_state(dataset)  # False: a user's StatefulDataLoader over a dataset without
+        initial = dataset.state_dict() if self.keeps_state else {}
         check_saveable(initial, f"train_data: {self.name}.state_dict()")  # before training, not at a checkpoint
         self.keys = sorted(map(str, initial)) if isinstance(initial, dict) else []
         self.snapshots: collections.deque = collections.deque(maxlen=KEPT_SNAPSHOTS)  # ((epoch, position), state)
@@ -114,11 +115,15 @@ class StreamBatches(Batches):
 
     @property
     def exact_resume(self) -> bool:
-        """False when the checkpoint holds no stream state (written before the data had one): then it skips."""
-        return self.loaded is None or self.loaded.get("stream") is not None
+        """False where the resume reads its way to the position: a checkpoint without stream state (written
+        before the data had one), or a dataset without state, which torchdata's loader fast-forwards."""
+        return self.keeps_state and (self.loaded is None or self.loaded.get("stream") is not None)
 
     @property
     def skip_reason(self) -> str:
+        if not self.keeps_state:
+            return (f"the dataset {self.name} has no state_dict, so the StatefulDataLoader reads its way to the "
+                    "position; give it state_dict/load_state_dict and a resume loads its position instead")
         return (f"the checkpoint holds no state of {self.name} (it was written before the dataset had one); "
                 "the next checkpoint will, and a resume from it skips nothing")
 
