@@ -98,7 +98,7 @@ class StreamBatches(Batches):
         self.copy = DeviceCopy(device)
         dataset = self.loader.dataset
         self.name = type(dataset).__qualname__
-        self.keeps_state = has_state(dataset)  # False: a user's StatefulDataLoader over a dataset without
+        self.keeps_state = has_state(dataset)  # False only for a user's StatefulDataLoader over a stateless one
         initial = dataset.state_dict() if self.keeps_state else {}
         check_saveable(initial, f"train_data: {self.name}.state_dict()")  # before training, not at a checkpoint
         self.keys = sorted(map(str, initial)) if isinstance(initial, dict) else []
@@ -155,6 +155,7 @@ class StreamBatches(Batches):
         finally:
             if own_seed:
                 loader.generator = None
+        # The position the pass starts at: the loaded state, or nothing (a fresh pass, or one that skips).
         self.snapshots.append(((epoch, start), loaded["stream"] if start and not skip else None))
         offset = start - skip  # batches of the epoch before this pass's first: the loaded position
         for position, batch in enumerate(batches, start=1):
