@@ -158,11 +158,20 @@ class StreamBatches(Batches):
         # The position the pass starts at: the loaded state, or nothing (a fresh pass, or one that skips).
         self.snapshots.append(((epoch, start), loaded["stream"] if start and not skip else None))
         offset = start - skip  # batches of the epoch before this pass's first: the loaded position
-        for position, batch in enumerate(batches, start=1):
-            if position <= skip:
-                continue  # a checkpoint without stream state: skipped, as for a stateless stream
-            self.snapshots.append(((epoch, offset + position), copy.deepcopy(loader.state_dict())))
-            yield self.copy(batch)
+        try:
+            for position, batch in enumerate(batches, start=1):
+                if position <= skip:
+                    continue  # a checkpoint without stream state: skipped, as for a stateless stream
+                # The pass's own iterator's state (what loader.state_dict() returns while this pass is its
+                # iterator): a pass closed late cannot make a later pass's snapshots another iterator's.
+                self.snapshots.append(((epoch, offset + position), copy.deepcopy(batches.state_dict())))
+                yield self.copy(batch)
+        finally:
+            # The loader keeps its iterator: let go of it now, ended or left (the step budget, a stop), so
+            # its workers shut down here, not in a garbage collection that finds their queues closed first
+            # and waits 5 s for each worker.
+            loader.load_state_dict({})
+            del batches
 
     def describe(self) -> dict:
         return {"kind": "IterableDataset", "dataset": self.name, "state": "StatefulDataLoader",
