@@ -316,3 +316,23 @@ def test_a_stateful_dataloader_over_a_dataset_without_state_resumes_exactly_and_
     resumed = make_batches(StatefulDataLoader(Plain(), batch_size=8), cpu, batch_size=8, seed=0, drop_last=False)
     resumed.load_state_dict(running.state_dict())
     assert batches_of(resumed, 1, start=2) == whole[2:]
+
+
+def test_a_rollback_reloads_the_streams_position_and_trains_the_same_batches_again(tmp_path):
+    seen = []
+
+    def poisoned(model, batch):
+        seen.append(round(float(batch[0][0, 0]), 6))  # the batch's first example names it
+        loss = loss_fn(model, batch)
+        return loss * float("nan") if len(seen) == 9 else loss  # step 9, once
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    config = {"train": {"max_steps": STEPS, "batch_size": 8, "progress": False, "log_every": 1,
+                        "nan_policy": "rollback"}, "checkpoint": {"every_steps": 3, "async_write": False},
+              "log": {"plots": False}}
+    result = epochal.fit(model, DataLoader(Shards(), batch_size=8), poisoned, config=config, out_dir=tmp_path,
+                         experiment_id="r", log=lambda _: None)
+    assert result.status == "completed" and result.result["steps"] == STEPS
+    assert seen[9:12] == seen[6:9]  # rolled back to the step-6 checkpoint: batches 7, 8, 9 again
+    assert seen[:5] != seen[5:10]  # and the batches differ from pass to pass (each epoch's examples differ)
