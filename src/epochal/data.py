@@ -371,7 +371,7 @@ def make_batches(train_data: Any, device: torch.device, batch_size: int, seed: i
     if not isinstance(train_data, DataLoader):
         check_global_batch(batch_size, world.size)
     if iterable:
-        from epochal import streams  # data.py's own imports stay free of torchdata
+        from epochal import streams  # here, not at the top: streams.py builds on this module
 
         if streams.is_stateful(train_data):
             return streams.StreamBatches(train_data, device, batch_size, seed, workers)
