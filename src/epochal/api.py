@@ -333,7 +333,7 @@ def _resume(run: Run, force: bool, log: Callable[[str], None]) -> bool:
     if saved_world != run.world.size:
         log(f"the checkpoint was written by {saved_world} process(es), this run has {run.world.size}: the data "
             f"continues at the same global batch, but random draws (dropout) differ from an uninterrupted run")
-    if not run.batches.exact_resume and run.state.batch_in_epoch:
-        log(f"the data has no known order: epoch {run.state.epoch + 1} resumes by skipping the "
-            f"{run.state.batch_in_epoch} batches already trained on (exact when every pass yields the same batches)")
+    if not run.batches.exact_resume and run.state.batch_in_epoch:  # a cost that grows with the position: said
+        log(f"epoch {run.state.epoch + 1} resumes by skipping the {run.state.batch_in_epoch} batches already "
+            f"trained on, read again (exact when every pass yields the same batches): {run.batches.skip_reason}")
     return True

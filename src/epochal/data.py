@@ -14,9 +14,10 @@ straight to it. What a run can be given (``make_batches``):
   seeded from (seed, epoch), one with a generator has the generator's state kept
   in checkpoints, a ``set_epoch`` sampler gets the epoch: a resumed epoch is the same;
 - an ``IterableDataset`` (or a DataLoader over one): one pass is an epoch, the
-  length is unknown, so a step budget (``train.max_steps``) is required; a resume
-  inside an epoch skips the batches already trained on (exact when the data yields
-  the same batches on every pass).
+  length is unknown, so a step budget (``train.max_steps``) is required. One with
+  state (``state_dict``/``load_state_dict``) or a torchdata ``StatefulDataLoader``
+  resumes by loading its state (streams.py); one without skips the batches already
+  trained on (exact when the data yields the same batches on every pass).
 
 Under torchrun every batch above is a global batch: rank r of R trains on its r-th
 R-th of each one, so the global batches and their order are the same at any world
@@ -30,7 +31,7 @@ import hashlib
 import math
 import random
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from epochal.checkpoint import tensors_sha256
 from epochal.distributed import ALONE, World, check_global_batch
-from epochal.errors import ConfigError
+from epochal.errors import CheckpointError, ConfigError
 from epochal.tree import leaves, to_device, tree_map
 
 ACCEPTED = "a tensor, a tuple/list/dict of tensors, a Dataset, an IterableDataset or a DataLoader"
@@ -59,6 +60,7 @@ class Batches:
     ``describe()`` for provenance, and ``state_dict``/``load_state_dict`` (registered as "data")."""
 
     exact_resume = True  # False: a resume inside an epoch skips batches instead of jumping to them
+    skip_reason = ""  # where it skips: why, and how to avoid it (the resume says so)
     wait_seconds = 0.0  # host time spent waiting for the next batch, summed (the throughput meter reads it)
 
     def __len__(self) -> int:
@@ -95,6 +97,9 @@ class Batches:
         return {}
 
     def load_state_dict(self, state: dict) -> None: ...
+
+    def follow(self, position: Callable[[], tuple[int, int]]) -> None:
+        """Told where the loop has trained to, (epoch, batches into it), for data that keeps state per batch."""
 
 
 class _Ordered(Batches):
@@ -334,9 +339,20 @@ class IterableBatches(Batches):
             if position >= start:  # a resume skips what it already trained on
                 yield self.copy(batch)
 
+    @property
+    def skip_reason(self) -> str:
+        return (f"the dataset {type(self.loader.dataset).__name__} has no state_dict; give it state_dict/"
+                "load_state_dict (or pass torchdata's StatefulDataLoader) and a resume loads its position instead")
+
     def describe(self) -> dict:
         return {"kind": "IterableDataset", "dataset": type(self.loader.dataset).__name__,
                 "batch_size": self.loader.batch_size, "num_workers": self.loader.num_workers}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:  # written by a stateful stream: this data could not continue where that one stood
+            raise CheckpointError(f"the checkpoint holds the state of dataset {state.get('dataset')}, this run's "
+                                  f"data {type(self.loader.dataset).__name__} has no state_dict; allowed: the "
+                                  "dataset the run started with")
 
 
 def shard(batch, rank: int, ranks: int):
@@ -354,6 +370,11 @@ def make_batches(train_data: Any, device: torch.device, batch_size: int, seed: i
                           "with more than one: tensors, a map-style Dataset or a DataLoader over one")
     if not isinstance(train_data, DataLoader):
         check_global_batch(batch_size, world.size)
+    if iterable:
+        from epochal import streams  # here, not at the top: streams.py builds on this module
+
+        if streams.is_stateful(train_data):
+            return streams.StreamBatches(train_data, device, batch_size, seed, workers)
     if isinstance(train_data, DataLoader):
         if isinstance(train_data.dataset, IterableDataset):
             return IterableBatches(train_data, device, seed)

@@ -58,6 +58,7 @@ class Run:
         trained = world.wrap(self.model, device)  # DistributedDataParallel under torchrun
         self.batches = make_batches(built.train_data, device, train.batch_size, train.seed, train.drop_last,
                                     train.num_workers, world)
+        self.batches.follow(lambda: (self.state.epoch, self.state.batch_in_epoch))  # a stream saves what was trained
         self.steps_per_epoch = self.batches.steps_per_epoch  # None for iterable data
         self.total_steps = training_steps(train.max_epochs, self.steps_per_epoch, train.max_steps)
         if built.optimizer is not None:
