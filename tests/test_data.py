@@ -273,3 +273,25 @@ def test_a_dataloader_s_distributed_sampler_is_refused_under_torchrun_and_accept
         ranks_loader(World(rank=0, size=2), sampler())
     alone = ranks_loader(World(rank=0, size=1), sampler())  # one process: it is the whole data, in order
     assert [batch[0].tolist() for batch in alone.epoch(0)] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
+
+
+def test_a_resume_that_skips_shows_its_progress_on_a_terminal(monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    class Numbers(IterableDataset):
+        def __iter__(self):
+            return iter(torch.arange(40).view(20, 2))
+
+    shown = Terminal()
+    monkeypatch.setattr("sys.stderr", shown)
+    batches = IterableBatches(DataLoader(Numbers(), batch_size=None), torch.device("cpu"), seed=0)
+    rest = [b.tolist() for b in batches.epoch(0, start=15)]
+    assert rest == [[30, 31], [32, 33], [34, 35], [36, 37], [38, 39]]
+    assert "resume: skipping batches already trained on" in shown.getvalue() and "/15 [" in shown.getvalue()
+    quiet = Terminal()
+    monkeypatch.setattr("sys.stderr", quiet)
+    assert len(list(batches.epoch(1))) == 20 and quiet.getvalue() == ""  # nothing to skip: no bar

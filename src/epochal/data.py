@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler, TensorDataset
 
 from epochal.checkpoint import tensors_sha256
@@ -335,9 +336,16 @@ class IterableBatches(Batches):
         finally:
             if own_seed:
                 loader.generator = None
+        # A resume skips what it already trained on, reading it again: on a terminal a bar shows how far.
+        skipping = tqdm(total=start, desc="resume: skipping batches already trained on", unit="batch",
+                        disable=None if start else True, leave=False, mininterval=0.5)
         for position, batch in enumerate(batches):
-            if position >= start:  # a resume skips what it already trained on
-                yield self.copy(batch)
+            if position < start:
+                skipping.update()
+                continue
+            skipping.close()
+            yield self.copy(batch)
+        skipping.close()
 
     @property
     def skip_reason(self) -> str:
