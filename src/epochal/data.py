@@ -308,6 +308,19 @@ class UserLoaderBatches(Batches):
         self.epoch_start = (state["epoch"], state["generator_state"]) if state else None
 
 
+def seeded_pass(loader: DataLoader, seed: int, epoch: int) -> Iterator[Any]:
+    """A pass over ``loader`` whose workers are seeded from (seed, epoch) unless it has a generator of its own:
+    a DataLoader seeds them from the global stream otherwise, which a resume would shift."""
+    own_seed = loader.generator is None
+    if own_seed:
+        loader.generator = _epoch_generator(seed, epoch, 3)
+    try:
+        return iter(loader)
+    finally:
+        if own_seed:
+            loader.generator = None
+
+
 class IterableBatches(Batches):
     """An IterableDataset or a DataLoader over one: each pass is an epoch of unknown length."""
 
@@ -327,15 +340,7 @@ class IterableBatches(Batches):
     def _epoch(self, epoch: int, start: int) -> Iterator[Any]:
         if hasattr(self.loader.dataset, "set_epoch"):
             self.loader.dataset.set_epoch(epoch)
-        loader = self.loader
-        own_seed = loader.generator is None
-        if own_seed:  # a DataLoader seeds its workers from the global stream otherwise: a resume would shift it
-            loader.generator = _epoch_generator(self.seed, epoch, 3)
-        try:
-            batches = iter(loader)
-        finally:
-            if own_seed:
-                loader.generator = None
+        batches = seeded_pass(self.loader, self.seed, epoch)
         # A resume skips what it already trained on, reading it again: on a terminal a bar shows how far.
         skipping = tqdm(total=start, desc="resume: skipping batches already trained on", unit="batch",
                         disable=None if start else True, leave=False, mininterval=0.5)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from epochal.data import Batches, DeviceCopy, _epoch_generator
+from epochal.data import Batches, DeviceCopy, seeded_pass
 from epochal.errors import CheckpointError, ConfigError
 
 KEPT_SNAPSHOTS = 4  # the trained position is at most one batch behind the fetched one; a few spare
@@ -147,14 +147,7 @@ class StreamBatches(Batches):
             skip = 0
         else:
             loader.load_state_dict({})  # a fresh pass, whatever an earlier one left behind
-        own_seed = loader.generator is None
-        if own_seed:  # workers are seeded from the loader's generator, else from the global stream
-            loader.generator = _epoch_generator(self.seed, epoch, 3)
-        try:
-            batches = iter(loader)
-        finally:
-            if own_seed:
-                loader.generator = None
+        batches = seeded_pass(loader, self.seed, epoch)
         # The position the pass starts at: the loaded state, or nothing (a fresh pass, or one that skips).
         self.snapshots.append(((epoch, start), loaded["stream"] if start and not skip else None))
         offset = start - skip  # batches of the epoch before this pass's first: the loaded position
