@@ -1,6 +1,7 @@
 """Several runs in one torchrun launch (a launch costs seconds): ``torchrun ... tests/ddp_runs.py SPEC.json``.
 
-SPEC lists runs: {"id", "out", "settings", "resume"} trains the toy task through ``epochal.run``;
+SPEC lists runs: {"id", "out", "settings", "resume", "env"} trains the toy task through ``epochal.run`` (with
+"env" set in the environment for that run only);
 {"id", "out", "loader": true} trains a small model through ``epochal.fit`` on a shuffling DataLoader.
 Exits 0 when every run completed. test_ddp.py also calls ``loader_run`` in one process.
 """
@@ -46,8 +47,13 @@ def main(spec_path: str) -> int:
         if item.get("loader"):
             result = loader_run(item["out"], item["id"])
         else:
-            result = epochal.run("toy", overrides=item["settings"], out_dir=item["out"], experiment_id=item["id"],
-                                 resume=item.get("resume", "never"), log=log)
+            os.environ.update(item.get("env", {}))  # a fault hook for this run alone
+            try:
+                result = epochal.run("toy", overrides=item["settings"], out_dir=item["out"], experiment_id=item["id"],
+                                     resume=item.get("resume", "never"), log=log)
+            finally:
+                for name in item.get("env", {}):
+                    del os.environ[name]
         failed += result.status != "completed"
     return 1 if failed else 0
 

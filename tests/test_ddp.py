@@ -21,7 +21,7 @@ from epochal.data import make_batches
 from epochal.distributed import ALONE, RanksRNG, World
 from epochal.state import capture_rng
 from epochal.errors import ConfigError
-from epochal.faults import DELAY_ENV, KILL_ENV
+from epochal.faults import DELAY_ENV, KILL_ENV, OOM_ENV, OOM_RANK_ENV
 
 HERE = Path(__file__).parent
 SETTINGS = {"task.n_train": 256, "task.n_eval": 64, "train.batch_size": 32, "train.max_steps": 30,
@@ -126,6 +126,12 @@ def straight(tmp_path_factory):
     runs = [{"id": "a", "out": str(out), "settings": SETTINGS}, {"id": "b", "out": str(out), "settings": SETTINGS},
             {"id": "plain", "out": str(out), "settings": {**SETTINGS, "task.dropout": 0.0}},
             {"id": "accum", "out": str(out), "settings": {**SETTINGS, "task.dropout": 0.0, "train.grad_accum": 2}},
+            # 16 examples a rank do not fit, 8 do: split in two, as "accum" is from the start
+            {"id": "auto", "out": str(out), "settings": {**SETTINGS, "task.dropout": 0.0, "train.microbatch": "auto"},
+             "env": {OOM_ENV: "8"}},
+            {"id": "auto-rank1", "out": str(out), "settings": {**SETTINGS, "task.dropout": 0.0,
+                                                               "train.microbatch": "auto"},
+             "env": {OOM_ENV: "8", OOM_RANK_ENV: "1"}},  # rank 0 fits, and must split with rank 1 all the same
             {"id": "loader", "out": str(out), "loader": True}]
     launcher = Launch()
     try:
@@ -155,6 +161,16 @@ def test_two_processes_match_one_and_repeat_bit_identically(straight, tmp_path):
     env_json = json.loads((straight / "a" / "env.json").read_text())["distributed"]
     assert env_json["world_size"] == 2 and env_json["backend"] == "gloo"
     assert [rank["rank"] for rank in env_json["ranks"]] == [0, 1]
+
+
+@pytest.mark.slow
+def test_under_torchrun_out_of_memory_splits_on_every_rank_as_if_configured(straight):
+    for auto in ("auto", "auto-rank1"):
+        assert_same_run(straight / "accum", straight / auto)
+        history = [json.loads(line) for line in (straight / auto / "history.jsonl").read_text().splitlines()]
+        splits = [h for h in history if h.get("event") == "microbatch"]
+        assert [(h["step"], h["micro_batches"]) for h in splits] == [(1, 2)]
+    assert "out of memory on another process of torchrun" in splits[0]["reason"]  # rank 0 wrote it: rank 1 ran out
 
 
 @pytest.mark.slow

@@ -149,6 +149,25 @@ class World:
         mean[:, exact] = rows[:, exact]
         return mean, packed[rows.numel():].tolist()
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether any rank's ``flag`` is set: one all-reduce of one number (and a host read)."""
+        if self.size == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def average_gradients(self, grads: list[torch.Tensor]) -> None:
+        """What DDP does to gradients, written out for a step whose backward held its all-reduce: each rank's
+        divided by the rank count, then summed over the ranks (in one flat buffer)."""
+        if self.size == 1 or not grads:
+            return
+        torch._foreach_div_(grads, self.size)
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        for grad, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            grad.copy_(reduced)
+
     def global_counts(self, counts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The (sum, count) losses' counts over all ranks, divided by the rank count: dividing a rank's sum
         by it and averaging over ranks (as DDP does with gradients) gives the global sum over the global count."""

@@ -9,6 +9,7 @@
 - ``EPOCHAL_TEST_OOM_ABOVE=N``: a micro-batch of more than N examples raises torch's
   OutOfMemoryError after its forward pass (its random numbers drawn), as a GPU that is too
   small would: ``train.microbatch = "auto"`` is tested with it on a CPU (step.py).
+  ``EPOCHAL_TEST_OOM_RANK=R``: only torchrun's rank R does.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ from epochal.callbacks.base import Callback
 KILL_ENV = "EPOCHAL_KILL_AT_STEP"
 DELAY_ENV = "EPOCHAL_TEST_STEP_DELAY"
 OOM_ENV = "EPOCHAL_TEST_OOM_ABOVE"
+OOM_RANK_ENV = "EPOCHAL_TEST_OOM_RANK"
 
 
 def oom_above() -> int | None:
-    """The micro-batch size above which EPOCHAL_TEST_OOM_ABOVE makes a step run out of memory; None: off."""
-    value = os.environ.get(OOM_ENV)
-    return int(value) if value else None
+    """The micro-batch size above which EPOCHAL_TEST_OOM_ABOVE makes a step run out of memory; None: off.
+    With EPOCHAL_TEST_OOM_RANK=R only torchrun's rank R runs out (the others must follow its split)."""
+    value, rank = os.environ.get(OOM_ENV), os.environ.get(OOM_RANK_ENV)
+    if not value or (rank is not None and rank != os.environ.get("RANK", "0")):
+        return None
+    return int(value)
 
 
 class KillAtStep(Callback):

@@ -123,6 +123,7 @@ class Step:
         self.watch = watch  # with train.compile: compile seconds, recompiles, a compiler failure as one line
         # Values a compiled CUDA graph (reduce-overhead) returns are overwritten by its next replay: copy them.
         self.own_values = watch is not None and watch.marks_steps
+        self.agree_memory = False  # under torchrun with train.microbatch = "auto" (set by the run)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.device, self.precision = device, precision
         self.grad_clip, self.grad_accum = grad_clip, grad_accum
@@ -162,24 +163,11 @@ class Step:
         """
         if self.prepare is not None:
             batch = self.prepare(batch)  # per-batch draws happen once, on the whole batch
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, torch.Tensor] = {}
         micros = self._micro_batches(batch)
-        for i, (micro, share) in enumerate(micros):
-            # DDP decides in the forward whether the backward all-reduces: both go inside no_sync.
-            held = self.no_sync is not None and i < len(micros) - 1
-            with self.no_sync() if held else contextlib.nullcontext():
-                parts = self._backward(micro, share)
-            for name, value in parts.items():
-                if _is_pair(value):
-                    total, count = value[0].detach(), torch.as_tensor(value[1], device=self.device)
-                    counts[name] = counts[name] + count if name in counts else count
-                elif share != 1:
-                    total = value.detach() * share
-                else:
-                    # Read at the log interval: a value without a graph may be the loss function's own state.
-                    total = value.detach() if value.requires_grad and not self.own_values else value.clone()
-                sums[name] = sums[name] + total if name in sums else total
+        if self.agree_memory:
+            sums, counts = self._accumulate_agreed(micros)
+        else:
+            sums, counts = self._accumulate(micros)
         least = 1  # a count is at least one example
         if counts and self.world.size > 1:
             counts, least = self.world.global_counts(counts), 1 / self.world.size
@@ -204,6 +192,43 @@ class Step:
         else:
             self.optimizer.step()
         return {**totals, "grad_norm": grad_norm}
+
+    def _accumulate(self, micros: list[tuple[Any, float]], hold_all: bool = False) -> tuple[dict, dict]:
+        """Forward and backward of each micro-batch; the sums of the values to record and the counts of the
+        (sum, count) ones. Under DDP the last micro-batch's backward all-reduces the gradients (not with
+        ``hold_all``)."""
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, torch.Tensor] = {}
+        for i, (micro, share) in enumerate(micros):
+            # DDP decides in the forward whether the backward all-reduces: both go inside no_sync.
+            held = self.no_sync is not None and (hold_all or i < len(micros) - 1)
+            with self.no_sync() if held else contextlib.nullcontext():
+                parts = self._backward(micro, share)
+            for name, value in parts.items():
+                if _is_pair(value):
+                    total, count = value[0].detach(), torch.as_tensor(value[1], device=self.device)
+                    counts[name] = counts[name] + count if name in counts else count
+                elif share != 1:
+                    total = value.detach() * share
+                else:
+                    # Read at the log interval: a value without a graph may be the loss function's own state.
+                    total = value.detach() if value.requires_grad and not self.own_values else value.clone()
+                sums[name] = sums[name] + total if name in sums else total
+        return sums, counts
+
+    def _accumulate_agreed(self, micros: list[tuple[Any, float]]) -> tuple[dict, dict]:
+        """Under torchrun with train.microbatch = "auto": every backward without DDP's all-reduce, then one
+        all-reduce of one number says whether any rank ran out of memory (so that none waits in a gradient
+        all-reduce for a rank that never comes), then the gradients are averaged as DDP averages them."""
+        failed = False
+        try:
+            sums, counts = self._accumulate(micros, hold_all=True)
+        except torch.OutOfMemoryError:
+            failed = True
+        if self.world.any(failed, self.device):
+            raise torch.OutOfMemoryError(f"out of memory on {'this' if failed else 'another'} process of torchrun")
+        self.world.average_gradients([p.grad for p in self.params if p.grad is not None])
+        return sums, counts
 
     def _flag_nonfinite(self, values: list[torch.Tensor]) -> None:
         """Set ``found_inf`` to 1.0 if any value is NaN or infinite, else 0.0, on the device.

@@ -75,9 +75,8 @@ class Run:
                          self.scheduler, device, train.precision, train.grad_clip, train.grad_accum, train.guarded,
                          getattr(task, "prepare_batch", None), world, getattr(trained, "no_sync", None),
                          CompileWatch(train.compile) if compiled else None)
-        if train.microbatch == "auto" and world.size > 1:
-            raise ConfigError("train.microbatch: 'auto' is not supported under torchrun yet (the ranks would have "
-                              "to agree each split); allowed with more than one process: off")
+        # Under torchrun the ranks agree every step whether one ran out of memory (one small all-reduce).
+        self.step.agree_memory = train.microbatch == "auto" and world.size > 1
         self.rng_before_step: dict | None = None  # train.microbatch = "auto": what a retried step draws again
         self.captured: CapturedStep | None = None  # the step as a CUDA graph (train.cuda_graphs)
         if train.cuda_graphs:
