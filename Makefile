@@ -30,6 +30,7 @@ demo: $(BIN)/.installed
 	$(BIN)/epochal report results/demo
 
 test: $(BIN)/.dev-installed
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.bench-installed

@@ -1,7 +1,7 @@
 """Checkpoint stall: how long a checkpoint holds up training, against the time of one step.
 
 Trains TASK with a checkpoint every N steps twice, with the background writer
-and with synchronous writes, and times each ``Run.save`` call on the
+and with synchronous writes, and times each ``Training.save`` call on the
 training thread (the copy off the device, plus the whole write when synchronous).
 
     python benchmarks/checkpoint_stall.py [--task walks] [--steps-between 20] [--epochs 1]
@@ -14,19 +14,19 @@ import statistics
 import time
 
 import epochal
-from epochal.training import Run
+from epochal.training import Training
 
 
 def measure(task: str, config: str | None, every: int, epochs: int, async_write: bool) -> tuple[list[float], float]:
     stalls: list[float] = []
-    original = Run.save
+    original = Training.save
 
     def timed(self, *args, **kwargs):
         start = time.perf_counter()
         original(self, *args, **kwargs)
         stalls.append(time.perf_counter() - start)
 
-    Run.save = timed
+    Training.save = timed
     try:
         overrides = {"train.max_epochs": epochs, "train.progress": False, "checkpoint.every_steps": every,
                      "checkpoint.every_epochs": 0, "checkpoint.async_write": async_write, "gate.above": {},
@@ -34,7 +34,7 @@ def measure(task: str, config: str | None, every: int, epochs: int, async_write:
         result = epochal.run(task, config, overrides=overrides, out_dir="/tmp/epochal-bench",
                              experiment_id=f"stall-{async_write}", overwrite=True, log=lambda _: None)
     finally:
-        Run.save = original
+        Training.save = original
     steps = result.result["steps"]
     return stalls, result.result["metadata"]["train_seconds"] / steps
 

@@ -1,8 +1,11 @@
 import pytest
+import torch
 
 from epochal.config import RunConfig, parse_override
 from epochal.resolve import resolve
 from epochal.errors import ConfigError
+from epochal.optim import build_adamw
+from epochal.step import nonfinite_guard
 
 
 def test_defaults_task_defaults_file_and_overrides_layer_in_order():
@@ -98,7 +101,17 @@ def test_skip_policy_needs_the_device_guard():
                                                     ("stop", True, True), ("skip", True, True), ("rollback", False, False)])
 def test_the_device_guard_is_on_where_the_policy_needs_it_unless_set(policy, guard, guarded):
     train = {"nan_policy": policy} if guard is None else {"nan_policy": policy, "guard_nonfinite": guard}
-    assert resolve("toy", [{"train": train}]).train.guarded is guarded
+    config = resolve("toy", [{"train": train}]).train
+    fused = build_adamw(torch.nn.Linear(2, 2), 1e-3, 0.0, (0.9, 0.999), 1e-8)
+    assert fused.defaults.get("fused")
+    assert nonfinite_guard(config.nan_policy, config.guard_nonfinite, fused) is guarded
+
+
+def test_the_device_guard_needs_a_fused_optimizer():
+    plain = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    assert nonfinite_guard("stop", True, plain) is False  # nothing reads the flag: the step is not guarded
+    with pytest.raises(ConfigError, match="'skip' needs an optimizer that skips a step on the device"):
+        nonfinite_guard("skip", None, plain)
 
 
 @pytest.mark.parametrize("setting, mode", [(True, "default"), (False, "off"), ("off", "off"),

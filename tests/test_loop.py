@@ -191,13 +191,81 @@ def test_under_torchrun_every_rank_gathers_a_checkpoint_s_state_and_only_rank_0_
     from epochal.decisions import Save
     from epochal.distributed import World
     from epochal.state import TrainState
-    from epochal.training import Run
+    from epochal.training import Training
 
     gathered, submitted = [], []
     run = SimpleNamespace(state=TrainState(step=4, epoch=1), world=World(rank=rank, size=2), config_dict={},
                           config_hash="", store=SimpleNamespace(folder=tmp_path),
                           registry=SimpleNamespace(state_dict=lambda: gathered.append(rank) or {}),
                           writer=SimpleNamespace(submit=lambda job, what: submitted.append(what), wait=lambda: None))
-    Run.save(run, [Save("epoch")])
+    Training.save(run, [Save("epoch")])
     assert gathered == [rank] and run.last_saved_step == 4  # the gather is a collective: every rank joins it
     assert len(submitted) == written
+
+
+class ActedOn:
+    """What ``act`` may touch of a training run, recording what it did; a real TrainState."""
+
+    def __init__(self, status: str, rollback_finds_checkpoint: bool):
+        from epochal.state import TrainState
+
+        self.state = TrainState(step=5, status=status, stop_reason="" if status == "running" else f"was {status}")
+        self.finds = rollback_finds_checkpoint
+        self.effects: list = []
+
+    def split(self, decision):
+        self.effects.append(("split", decision.micro_batches))
+
+    def roll_back(self, decision):
+        from epochal.decisions import Stop
+
+        self.effects.append(("rolled back", decision.reason))
+        return None if self.finds else Stop(f"{decision.reason}; no checkpoint to roll back to", "failed")
+
+    def save(self, saves):
+        self.effects.append(("saved", sorted(s.kind for s in saves)))
+
+
+def _act_rules():
+    from epochal.decisions import Continue, Resume, RollBack, Save, Split, Stop
+
+    # (decisions, the run's status before, a rollback finds a checkpoint) -> (effects, status after, act's answer)
+    return [
+        ([], "running", True, [], "running", True),
+        ([Continue()], "running", True, [], "running", True),
+        ([Save("step")], "running", True, [("saved", ["step"])], "running", True),
+        ([Save("best"), Save("epoch")], "running", True, [("saved", ["best", "epoch"])], "running", True),
+        ([Stop("patience")], "running", True, [], "completed", False),
+        ([Stop("first"), Stop("second", "failed")], "running", True, [], "completed", False),
+        ([Stop("signal", "preempted"), Save("preempt", wait=True)], "running", True, [("saved", ["preempt"])],
+         "preempted", False),
+        ([Stop("nan at step 5", "failed"), Save("step")], "running", True, [], "failed", False),
+        ([Save("final")], "failed", True, [], "failed", False),
+        ([RollBack("nan"), Save("step"), Stop("patience")], "running", True, [("rolled back", "nan")], "running",
+         False),
+        ([RollBack("nan"), Save("step")], "running", False, [("rolled back", "nan")], "failed", False),
+        ([Split(2, "out of memory")], "running", True, [("split", 2)], "running", True),
+        ([Resume("preempted at step 5")], "preempted", True, [], "running", True),
+        ([Resume("preempted at step 5"), Save("step")], "preempted", True, [("saved", ["step"])], "running", True),
+    ]
+
+
+@pytest.mark.parametrize("decisions, before, finds, effects, after, answer", _act_rules())
+def test_act_carries_out_each_decision_by_the_loop_s_rules(decisions, before, finds, effects, after, answer):
+    from epochal.loop import act
+
+    run = ActedOn(before, finds)
+    assert act(run, decisions) is answer
+    assert run.effects == effects
+    assert run.state.status == after
+    assert run.state.stopped is (after != "running")
+
+
+def test_resumption_is_decided_for_a_preempted_run_only():
+    from epochal.decisions import Resume
+    from epochal.loop import resumption
+    from epochal.state import TrainState
+
+    assert resumption(TrainState(status="preempted", stop_reason="preempted by SIGTERM at step 3")) == [
+        Resume("preempted by SIGTERM at step 3")]
+    assert resumption(TrainState()) == [] and resumption(TrainState(status="completed", stop_reason="done")) == []

@@ -10,7 +10,7 @@ from epochal.cli import main
 from epochal.config import load_toml
 from epochal.resolve import resolve
 from epochal.errors import ConfigError
-from epochal.tasks.catalog import BUILTIN_TASKS
+from epochal.catalog import BUILTIN_TASKS
 
 SHIPPED = Path(recipes.__file__).parent
 

@@ -67,14 +67,14 @@ def assert_one_line(err: str, *fragments: str) -> None:
 
 
 class PreemptAt(Callback):
-    """As if SIGTERM arrived during step ``step``: the loop saves and stops with status preempted."""
+    """SIGTERM during step ``step``, as a scheduler would send it: the loop saves and stops with status preempted."""
 
     def __init__(self, step):
         self.step = step
 
     def on_step_end(self, run):
         if run.state.step == self.step:
-            run.signals.received = signal.SIGTERM
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Crash(Exception):
@@ -198,7 +198,7 @@ def test_overwrite_and_restart_only_ever_empty_an_epochal_run_folder(capsys, wor
 @given(st.text(max_size=120))
 def test_any_accepted_name_is_one_folder_directly_inside_out(text):
     from epochal.errors import ConfigError
-    from epochal.records import check_name
+    from epochal.run_folder import check_name
 
     try:
         check_name("id", text)
@@ -211,7 +211,7 @@ def test_any_accepted_name_is_one_folder_directly_inside_out(text):
 
 
 def test_default_ids_are_unique_within_one_second(tmp_path):
-    from epochal.records import check_name, default_run_id
+    from epochal.run_folder import check_name, default_run_id
 
     ids = {default_run_id("toy") for _ in range(200)}
     assert len(ids) == 200

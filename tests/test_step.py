@@ -18,7 +18,7 @@ def mse(model, batch):
 def make_step(model, grad_clip=1.0, grad_accum=1, loss_fn=mse):
     opt = build_adamw(model, lr=1e-2, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    return Step(model, loss_fn, opt, sched, torch.device("cpu"), "fp32", grad_clip, grad_accum)
+    return Step(model, loss_fn, opt, sched, torch.device("cpu"), "fp32", grad_clip, grad_accum, guard_nonfinite=True)
 
 
 def batch(n=64, seed=0):

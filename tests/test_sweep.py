@@ -377,7 +377,7 @@ def test_missing_optuna_names_the_extra(monkeypatch, tmp_path, capsys):
 
 
 def _hold_lock(folder, held) -> None:
-    from epochal.records import RunFolder
+    from epochal.run_folder import RunFolder
 
     RunFolder(folder).acquire()
     held.set()

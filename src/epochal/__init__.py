@@ -24,11 +24,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from epochal.ema import EMAModel
     from epochal.runs import load_runs
     from epochal.script import fit
-    from epochal.tasks import Built, RunContext, Task, register_task
+    from epochal.task import Built, RunContext, Task, register_task
     from epochal.tune import tune_lr
 
 _EXPORTS = {  # public name -> the module that defines it
-    "Built": "epochal.tasks",
+    "Built": "epochal.task",
     "Callback": "epochal.callbacks.base",
     "Continue": "epochal.decisions",
     "EMAModel": "epochal.ema",
@@ -36,15 +36,15 @@ _EXPORTS = {  # public name -> the module that defines it
     "Result": "epochal.api",
     "RollBack": "epochal.decisions",
     "RunConfig": "epochal.config",
-    "RunContext": "epochal.tasks",
+    "RunContext": "epochal.task",
     "Save": "epochal.decisions",
     "Stop": "epochal.decisions",
-    "Task": "epochal.tasks",
+    "Task": "epochal.task",
     "fit": "epochal.script",
     "load_checkpoint": "epochal.analysis",
     "load_run": "epochal.analysis",
     "load_runs": "epochal.runs",
-    "register_task": "epochal.tasks",
+    "register_task": "epochal.task",
     "run": "epochal.api",
     "save_checkpoint": "epochal.analysis",
     "tune_lr": "epochal.tune",

@@ -19,17 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
-from epochal.checkpoint import (load_file, payload_states, read_manifest, serialize, sha256, to_cpu)
+from epochal.checkpoint import load_file, make_payload, payload_states, read_manifest, read_safetensors, serialize, sha256
 from epochal.config import RunConfig, load_toml
 from epochal.errors import CheckpointError, EpochalError
 from epochal.io import atomic_write_bytes, atomic_write_text
-from epochal.records import RunFolder
+from epochal.run_folder import RunFolder
 from epochal.resolve import resolve_config
 from epochal.status import GATE_FAILED, gate_failure_line, status_of
-from epochal.tasks import RunContext, Task
+from epochal.task import RunContext, Task
 
 SIDECAR = ".sha256"
 
@@ -47,7 +46,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     states = {"model": model.state_dict()}
     if optimizer is not None:
         states["optimizer"] = optimizer.state_dict()
-    data = serialize(to_cpu({"format": 2, "state": states, "config": {}, "meta": meta}))
+    data = serialize(make_payload(states, meta=meta))
     atomic_write_bytes(path, data)
     atomic_write_text(path.with_name(path.name + SIDECAR), sha256(data) + "\n")
     return path
@@ -126,7 +125,7 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
     if weights == "ema":
         if not (checkpoints / "model_ema.safetensors").exists():
             raise EpochalError(f"{run_dir}: has no EMA weights (model_ema.safetensors); allowed: last, best")
-        model.load_state_dict(load_safetensors(str(checkpoints / "model_ema.safetensors"), device=str(device)))
+        model.load_state_dict(read_safetensors(checkpoints / "model_ema.safetensors", device))
     elif weights in ("last", "best"):
         load_checkpoint(checkpoints / f"{weights}.pt", model, map_location=device)
     else:

@@ -22,17 +22,16 @@ from epochal.checkpoint import tensors_sha256
 from epochal.config import RunConfig, flat
 from epochal.distributed import World
 from epochal.errors import CheckpointError, ConfigError, EpochalError
-from epochal.faults import kill_hooks
-from epochal.loop import fit
+from epochal.loop import train
 from epochal.lock import LockHeld
-from epochal.records import RunFolder, check_run_names, default_run_id
+from epochal.run_folder import RunFolder, check_run_names, default_run_id
 from epochal.resolve import resolve_config
-from epochal.training import Run
+from epochal.training import Training
 from epochal.signals import PREEMPTED_EXIT_CODE, Interrupted, PreemptionSignals
 from epochal.status import COMPLETED, FINISHED, GATE_FAILED, GATE_FAILED_EXIT_CODE, gate_failure_line, status_of
 from epochal.state import seed_everything, set_matmul_precision
 from epochal.step import amp_precision
-from epochal.tasks import RunContext, Task
+from epochal.task import RunContext, Task
 from epochal.warm_start import warm_start
 
 # Settings that may differ on resume without changing the numbers (and every [log] setting: trackers,
@@ -99,8 +98,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
     """
     task_obj, config = resolve_config(task, config, overrides)
     world = World.from_env()
-    if world.restarts:  # torchrun restarted the group after a failure: continue from the last checkpoint
-        resume, overwrite = "auto", False
+    resume, overwrite = start_mode(world, resume, overwrite)
     if not world.main:
         log = _silent  # rank 0 speaks for the run
     if out_dir is not None:
@@ -117,7 +115,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
             log(f"run folder {taken!r} exists; this run is {config.experiment_id!r}")
     check_run_names(config.experiment_id, config.group)
     device = pick_device(config.train.device)
-    if world.size > 1 and hasattr(task_obj, "own_loop"):
+    if world.size > 1 and task_obj.trains_itself:
         raise ConfigError(f"task {task_obj.name!r} trains with its own loop; allowed under torchrun: one process")
     device = world.join(device)
     if config.train.precision == "amp":  # resolved once, here: config.toml and the checkpoints record which
@@ -135,16 +133,16 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
         try:
             stack.enter_context(console.recording(warned))
             _check_shared(world, folder, created)
-            if hasattr(task_obj, "own_loop"):
+            if task_obj.trains_itself:
                 result = task_obj.own_loop(config, folder, log)
                 folder.write_json("result.json", result)
                 return _finished(folder, result, log)
-            run_ = world.together(lambda: _prepare(task_obj, config, folder, [*callbacks, *kill_hooks()], signals,
-                                                   created, log, device, world, existing))
+            run_, origin = world.together(lambda: _prepare(task_obj, config, folder, list(callbacks), signals,
+                                                           created, log, device, world, existing))
             resuming = existing and world.together(lambda: _resume(run_, force, log))
             ranks = {"distributed": world.describe(run_.device)} if world.size > 1 else {}
             if not resuming:
-                folder.write_json("env.json", {**provenance.collect(run_.device, config.train.seed), **run_.origin,
+                folder.write_json("env.json", {**provenance.collect(run_.device, config.train.seed), **origin,
                                                **ranks})
             warned.training(run_)  # the run is taken (a resume that finds it finished too): its warnings are its own
             finished = _already_finished(run_)
@@ -152,9 +150,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
                 log(f"{folder.path}: already {status_of(finished)} ({finished['metadata']['stop_reason']}); "
                     "nothing to do")
                 return _finished(folder, finished, log)
-            if run_.state.status == "preempted":
-                run_.state.status, run_.state.stop_reason = "running", ""
-            result = fit(run_)
+            result = train(run_)
             world.barrier()  # no rank leaves while rank 0 still writes: torchrun would stop it
             return _finished(folder, result, log)
         except BaseException:
@@ -163,6 +159,12 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
         finally:
             stack.close()  # no warning is recorded into a folder this process no longer holds
             folder.release()
+
+
+def start_mode(world: World, resume: str, overwrite: bool) -> tuple[str, bool]:
+    """(resume, overwrite) for this start: as asked, except that a group torchrun restarted after a failure
+    (--max-restarts) continues from the last checkpoint."""
+    return ("auto", False) if world.restarts else (resume, overwrite)
 
 
 def _check_shared(world: World, folder: RunFolder, created: Path | None) -> None:
@@ -190,7 +192,7 @@ class _WarningRecords:
             if self.run is not None:
                 self._write()
 
-    def training(self, run: Run) -> None:
+    def training(self, run: Training) -> None:
         with self._lock:
             self.run = run
             self._write()
@@ -209,7 +211,7 @@ def _silent(_message: str) -> None:
     """The log of torchrun's ranks other than 0."""
 
 
-def _settle_writes(run: Run | None) -> None:
+def _settle_writes(run: Training | None) -> None:
     """On the way out after an error: let a checkpoint write in flight end (complete, or failed and cleaned
     up) before the lock is released, so no other process can take the folder while it is still written."""
     if run is not None:
@@ -239,7 +241,7 @@ def _claim(folder: RunFolder, config: RunConfig, resume: str, overwrite: bool, c
     return existing
 
 
-def _already_finished(run: Run) -> dict | None:
+def _already_finished(run: Training) -> dict | None:
     """result.json of a run with nothing left to train: its checkpoint holds a final status, or it stands at the
     end of its budget (a last epoch checkpoint written before the status was) and result.json says how it ended."""
     state = run.state
@@ -276,8 +278,9 @@ def _first_missing(path: Path) -> Path | None:
 
 def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[Callback],
              signals: PreemptionSignals, created: Path | None, log: Callable[[str], None], device: torch.device,
-             world: World, resuming: bool = False) -> Run:
-    """Seed, build the task and the run; a config error removes a folder made for it."""
+             world: World, resuming: bool = False) -> tuple[Training, dict]:
+    """Seed, build the task and the run; returns it with the provenance of its starting point (initial
+    weights hash, warm start, data) for env.json. A config error removes a folder made for it."""
     try:
         log(provenance.banner(device))
         if world.size > 1:
@@ -291,12 +294,12 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
         context = RunContext(folder.path, device, config.train.seed, config, saved=folder.path if resuming else None)
         built = task.build(config.task, context)
         init = warm_start(built.model, config.init, log)
-        run = Run(task, config, folder, built, context, callbacks, signals, log, world)
+        run = Training(task, config, folder, built, context, callbacks, signals, log, world)
         if world.rank:  # each rank draws its own random numbers (dropout); rank 0 as a single process would
             seed_everything(config.train.seed + 1_000_003 * world.rank, config.train.deterministic)
-        run.origin = {"initial_weights_sha256": tensors_sha256(run.model.state_dict()), "init": init,
-                      "data": run.batches.describe(), "startup_warnings": warnings}
-        return run
+        origin = {"initial_weights_sha256": tensors_sha256(run.model.state_dict()), "init": init,
+                  "data": run.batches.describe(), "startup_warnings": warnings}
+        return run, origin
     except ConfigError:
         if world.main:
             folder.remove_created(created, everything=True)
@@ -304,23 +307,27 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
         raise
 
 
-def _resume(run: Run, force: bool, log: Callable[[str], None]) -> bool:
-    newest = run.store.newest_valid(warn=lambda msg: log(f"warning: {msg}"))
+def _resume(run: Training, force: bool, log: Callable[[str], None]) -> bool:
+    """Continue the run folder's newest valid checkpoint; a config that differs from the one it was written
+    with is refused unless ``force`` (force.py says what may change)."""
+    changes: dict[str, tuple[Any, Any]] = {}
+
+    def check(payload: dict) -> None:
+        saved, now = flat(payload["config"]), flat(run.config.to_dict())
+        # A setting the checkpoint does not know was added by a later version: it is taken as it is now.
+        changes.update({k: (saved[k], now.get(k)) for k in sorted(saved)
+                        if saved[k] != now.get(k) and k not in RESUME_FREE_KEYS and not k.startswith("log.")})
+        if changes and not force:
+            shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(changes.items())[:8])
+            raise ConfigError(f"config differs from the checkpoint's ({shown}); use --force to resume anyway")
+        force_rules.check_forceable(changes)
+
+    fresh = force_rules.snapshot(run.optimizer)
+    newest = run.load_checkpoint(lambda msg: log(f"warning: {msg}"), check)
     if newest is None:
         raise CheckpointError(f"{run.store.folder}: no valid checkpoint to resume from; the files there are left "
                               f"as they are; to start over from step 0: epochal resume {run.folder.path} --restart")
     entry, payload = newest
-    saved, now = flat(payload["config"]), flat(run.config.to_dict())
-    # A setting the checkpoint does not know was added by a later version: it is taken as it is now.
-    changes = {k: (saved[k], now.get(k)) for k in sorted(saved)
-               if saved[k] != now.get(k) and k not in RESUME_FREE_KEYS and not k.startswith("log.")}
-    if changes and not force:
-        shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(changes.items())[:8])
-        raise ConfigError(f"config differs from the checkpoint's ({shown}); use --force to resume anyway")
-    force_rules.check_forceable(changes)
-    fresh = force_rules.snapshot(run.optimizer)
-    run.restore(payload)
-    run.folder.truncate_history(run.state.step, run.state.epoch)
     if changes:
         force_rules.apply(changes, run.optimizer, run.scheduler, fresh)
         change_record, notes = force_rules.record(changes, run.state.step)

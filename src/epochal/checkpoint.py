@@ -31,7 +31,7 @@ import torch
 
 from epochal.errors import CheckpointError, EpochalError
 from epochal.io import WriteError, atomic_write_bytes, atomic_write_text, fsync_dir, remove_stale_temps, temp_path
-from epochal.records import MANIFEST, checkpoint_files
+from epochal.run_folder import MANIFEST, checkpoint_files
 
 ROLLING_KINDS = ("epoch", "step", "preempt")
 
@@ -45,6 +45,36 @@ def to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_cpu(v) for v in obj)
     return obj
+
+
+# What a .pt of this version holds: {"format": FORMAT, "state": the state registry's states by key,
+# "config": the run's config, "config_hash", "world_size", "meta": a user's own values}.
+FORMAT = 2
+
+
+def make_payload(states: dict, config: dict | None = None, config_hash: str = "", world_size: int = 1,
+                 meta: dict | None = None) -> dict:
+    """A checkpoint's content, every tensor copied to the CPU (what a background write may hold)."""
+    return to_cpu({"format": FORMAT, "state": states, "world_size": world_size, "config": config or {},
+                   "config_hash": config_hash, "meta": meta or {}})
+
+
+def model_weights(payload: Any) -> dict[str, torch.Tensor] | None:
+    """The model's weights of a loaded .pt: an epochal checkpoint's, or a plain state dict as it is;
+    None when it is neither."""
+    if isinstance(payload, dict) and "format" in payload:
+        return payload_states(payload)["model"]
+    if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload
+    return None
+
+
+def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A .safetensors file's tensors; CheckpointError if it can't be read."""
+    try:
+        return safetensors.torch.load_file(str(path), device=str(device))
+    except (safetensors.SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def serialize(payload: dict) -> bytes:
@@ -108,7 +138,7 @@ def payload_states(payload: dict) -> dict:
     and the data position, which it kept in "state" alone (its data were tensors).
     """
     version = payload.get("format") if isinstance(payload, dict) else None
-    if version == 2:
+    if version == FORMAT:
         return payload["state"]
     if version == 1:
         state = dict(payload["state"])

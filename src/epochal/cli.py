@@ -202,7 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from epochal.api import run
     from epochal.config import load_toml
-    from epochal.records import check_name
+    from epochal.run_folder import check_name
     from epochal.resolve import resolve_config
 
     run_dir = Path(args.run_dir)
@@ -234,7 +234,7 @@ def _refuse_script_run(run_dir: Path) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from epochal.records import check_result, read_json
+    from epochal.run_folder import check_result, read_json
     from epochal.status import status_of
 
     run_dir = Path(args.run_dir)
@@ -282,8 +282,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_tasks(args: argparse.Namespace) -> int:
     # The static catalog, not the registry: listing must not import the tasks (and torch).
     from epochal import recipes
-    from epochal.tasks import plugin_tasks
-    from epochal.tasks.catalog import BUILTIN_TASKS
+    from epochal.task import plugin_tasks
+    from epochal.catalog import BUILTIN_TASKS
 
     grouped = recipes.by_task()
     for name, entry in BUILTIN_TASKS.items():

@@ -59,13 +59,8 @@ class TrainConfig:
     cuda_graphs: bool = False  # capture the whole step (forward, backward, optimizer) in one CUDA graph and replay it: removes the launch overhead that bounds small models on a GPU; needs fixed batch shapes
     matmul_precision: Literal["highest", "high", "medium"] = "highest"  # float32 matmuls: highest is true fp32; high allows TF32 (about 1e-3 relative error, much faster on Ampere and later); --deterministic forces highest
     progress: bool = True  # tqdm bar per epoch
-    expected_gpus: list[str] = field(default_factory=list)  # GPU models this recipe was tuned on (seed 004): warn on others
-    expected_cuda_visible_devices: str = ""  # the CUDA_VISIBLE_DEVICES it expects (seed 004: "1"); empty: any
-
-    @property
-    def guarded(self) -> bool:
-        """Whether a non-finite step is skipped on the device: as set, else only where the policy needs it."""
-        return self.nan_policy == "skip" if self.guard_nonfinite is None else self.guard_nonfinite
+    expected_gpus: list[str] = field(default_factory=list)  # GPU models this recipe was tuned on: warn on others
+    expected_cuda_visible_devices: str = ""  # the CUDA_VISIBLE_DEVICES it expects (e.g. "1"); empty: any
 
     def validate(self) -> None:
         _positive(self, "train", "max_epochs", "batch_size", "grad_accum", "eval_every", "log_every", "max_rollbacks")
@@ -110,9 +105,9 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     kind: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
-    warmup_fraction: float = 0.1  # warmup as a share of all optimizer steps (seed 001: 10 %)
-    warmup_steps: int | None = None  # warmup as a step count; wins over the fraction (seed 004: 1000)
-    min_lr_ratio: float = 0.1  # final learning rate as a share of the peak (seed 000: 10 %)
+    warmup_fraction: float = 0.1  # warmup as a share of all optimizer steps
+    warmup_steps: int | None = None  # warmup as a step count; wins over the fraction
+    min_lr_ratio: float = 0.1  # final learning rate as a share of the peak
 
     def validate(self) -> None:
         if not 0 <= self.warmup_fraction < 1:
@@ -126,7 +121,7 @@ class ScheduleConfig:
 @dataclass
 class EMAConfig:
     enabled: bool = False  # keep an exponential moving average of the weights for eval and export
-    decay: float = 0.9999  # seed 004's decay; smaller for short runs
+    decay: float = 0.9999  # a long average for long runs; smaller for short runs
     warmup: bool = False  # use min(decay, (1 + t) / (10 + t)) so early averages are not stuck at init
 
     def validate(self) -> None:
@@ -139,7 +134,7 @@ class EarlyStopConfig:
     enabled: bool = False  # stop when the metric has not improved for `patience` evaluations
     metric: str = ""  # an evaluation metric name
     mode: Literal["min", "max"] = "min"  # whether smaller or larger is better
-    patience: int = 20  # evaluations without improvement before stopping (seed 004: 20)
+    patience: int = 20  # evaluations without improvement before stopping
     min_delta: float = 0.0  # improvement smaller than this does not count
 
     def validate(self) -> None:
@@ -152,12 +147,12 @@ class EarlyStopConfig:
 class GateConfig:
     above: dict[str, float] = field(default_factory=dict)  # metric must be strictly greater than the value
     below: dict[str, float] = field(default_factory=dict)  # metric must be strictly smaller than the value
-    stop: bool = True  # stop training at the first pass (seed 001); false: record the pass and train on
+    stop: bool = True  # stop training at the first pass; false: record the pass and train on
 
 
 @dataclass
 class CheckpointConfig:
-    every_epochs: int = 1  # rolling checkpoint every N epochs (seed 001: every epoch); 0 turns it off
+    every_epochs: int = 1  # rolling checkpoint every N epochs; 0 turns it off
     every_steps: int = 0  # also every N optimizer steps, mid-epoch; 0 turns it off
     every_minutes: float = 0.0  # also every M minutes of training; 0 turns it off
     keep_last: int = 3  # rolling checkpoints kept (gate and best are kept besides)
@@ -229,7 +224,7 @@ class RunConfig:
     task: Any  # the task's own settings dataclass; its name is task.name in TOML ([task] name = "...")
     task_name: str = ""  # registered task name
     experiment_id: str = ""  # run folder name; empty: <task>-<timestamp>
-    group: str = ""  # optional sub-folder of out_dir that gathers related runs (seed 004)
+    group: str = ""  # optional sub-folder of out_dir that gathers related runs
     out_dir: str = "results"  # where run folders live
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -549,7 +544,7 @@ def _check_section_values(layer: dict) -> None:
 
 
 def _default_best_metric(config: RunConfig) -> None:
-    """best.pt follows the early-stopping metric unless another is named (seed 003, 5.7)."""
+    """best.pt follows the early-stopping metric unless another is named."""
     if config.checkpoint.best_metric == "" and config.early_stop.enabled:
         config.checkpoint.best_metric = config.early_stop.metric
         config.checkpoint.best_mode = config.early_stop.mode

@@ -1,24 +1,10 @@
-"""Decisions: what a policy asks the loop to do. Values, not side effects.
+"""Decisions: what a policy asks the loop to do, as values, never side effects.
 
-A callback's event returns ``None`` (carry on), one decision, or a list of them.
-The loop gathers every decision of a moment and carries them out in one place,
-``loop.act``, in this order:
-
-- ``RollBack(reason, lr_factor)``: reload the newest valid checkpoint and train on
-  from there with the learning rate at ``lr_factor`` times the configured one.
-  It supersedes everything else decided at that moment.
-- ``Stop(reason, status)``: end training after this step or epoch; the first reason wins.
-  A ``failed`` run saves nothing from then on (not the Saves of that moment, no final
-  checkpoint): its state is not to be trusted, and ``last.pt`` stays the last good one.
-- ``Save(kind)``: write one checkpoint now. Saves decided together share one file:
-  at an epoch boundary ``checkpoint_epoch_NNNN.pt``, mid-epoch ``checkpoint_step_NNNNNNNN.pt``;
-  ``best`` and ``gate`` add the links ``best.pt`` and ``checkpoint_gate.pt``; every save
-  moves ``last.pt``.
-- ``Split(micro_batches, reason)``: the step ran out of memory (``train.microbatch = "auto"``): its
-  partial gradients and the random numbers it drew are undone, and the same batch is trained
-  again in ``micro_batches`` micro-batches per accumulation chunk, from then on. Decided by the
-  run itself, never by a callback; the loop retries the step after acting on it.
-- ``Continue``: nothing to do; the same as returning ``None``.
+A callback's event returns ``None`` (carry on), one decision, or a list of them:
+``Save``, ``Stop``, ``RollBack`` or ``Continue``. The run itself decides ``Split``
+(a step ran out of memory) and ``Resume`` (a preempted run trains on). The loop
+gathers the decisions of one moment and carries them out in ``loop.act``; the
+rules it follows are written once, in ``loop.py``'s docstring.
 """
 
 from __future__ import annotations
@@ -34,6 +20,8 @@ class Continue:
 
 @dataclass(frozen=True)
 class Save:
+    # epoch: at an epoch's end; step, preempt: mid-epoch; best, gate: also linked as best.pt,
+    # checkpoint_gate.pt; final: after training. Saves decided together share one file.
     kind: Literal["epoch", "step", "preempt", "best", "gate", "final"]
     wait: bool = False  # block until the file is on disk: the process is about to exit
 
@@ -51,12 +39,17 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Resume:
+    reason: str  # why the run had stopped (its preemption); it now trains on
+
+
+@dataclass(frozen=True)
 class Split:
     micro_batches: int  # per accumulation chunk, from this step on
     reason: str
 
 
-Decision = Union[Continue, Save, RollBack, Stop, Split]
+Decision = Union[Continue, Save, RollBack, Stop, Split, Resume]
 DECISION_TYPES = (Continue, Save, RollBack, Stop)  # what a callback may return
 
 

@@ -1,4 +1,4 @@
-"""``epochal.EMAModel``: an exponential moving average of a model's weights, with seed 004's swap.
+"""``epochal.EMAModel``: an exponential moving average of a model's weights, with a swap for evaluation.
 
     ema = epochal.EMAModel(model, decay=0.999)
     ...after each optimizer step:   ema.update(model)
@@ -52,7 +52,7 @@ class EMAModel:
         self.updates += 1
 
     def store(self, model: nn.Module) -> None:
-        """Keep a copy of the model's weights for ``restore`` (the seed's backup)."""
+        """Keep a copy of the model's weights for ``restore`` (the backup)."""
         self.backup = {name: p.detach().clone() for name, p in model.state_dict().items()}
 
     def copy_to(self, model: nn.Module) -> None:

@@ -56,7 +56,7 @@ class SlowSteps(Callback):
         time.sleep(self.seconds)
 
 
-def kill_hooks() -> list[Callback]:
+def fault_hooks() -> list[Callback]:
     """The KillAtStep and SlowSteps hooks the environment asks for."""
     step, delay = os.environ.get(KILL_ENV), os.environ.get(DELAY_ENV)
     return [*([KillAtStep(int(step))] if step else []), *([SlowSteps(float(delay))] if delay else [])]

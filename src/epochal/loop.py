@@ -1,5 +1,6 @@
-"""fit(run): the training loop, top to bottom.
+"""train(run): the training loop, top to bottom, and the loop's contract.
 
+    a run loaded from a preemption checkpoint trains on (Resume)
     on_fit_start
     while the budget (max_epochs, max_steps) lasts and nothing asked to stop:
         on_epoch_start
@@ -17,24 +18,34 @@
     final checkpoint (not of a failed run); export weights; test the last and the best weights
     on_fit_end                                result.json, plots
 
-Callbacks return decisions (decisions.py); ``act`` carries out all the decisions
-of one moment: a RollBack reloads the newest valid checkpoint and supersedes the
-rest, a Stop ends training after this step or epoch, Saves become one checkpoint
-(none once the run has failed).
+Callbacks hear the events above with the run's read-only view (view.py) and return
+decisions (decisions.py); the run itself decides a Split (out of memory) and a
+Resume. ``act`` carries out all the decisions of one moment, and nothing else
+changes the run's course:
+
+    Split      undo the failed attempt; train in more micro-batches from now on
+    Resume     status running again (a preempted run that is resumed)
+    RollBack   reload the newest valid checkpoint and supersede the rest; with none to go
+               back to, the run fails (a Stop)
+    Stop       end training after this step or epoch; the first reason wins
+    Save       one checkpoint for the saves of the moment; none once the run has failed
+               (its state is not to be trusted: last.pt stays the last good one)
 """
 
 from __future__ import annotations
 
 import time
 
-from epochal.decisions import Decision, RollBack, Save, Split, Stop
-from epochal.status import COMPLETED, GATE_FAILED
-from epochal.training import Run
+from epochal.decisions import Decision, Resume, RollBack, Save, Split, Stop
+from epochal.state import TrainState
+from epochal.status import COMPLETED, GATE_FAILED, PREEMPTED
+from epochal.training import Training
 
 
-def fit(run: Run) -> dict:
+def train(run: Training) -> dict:
     """Train from wherever ``run.state`` stands to the end; returns result.json's content."""
     state = run.state
+    act(run, resumption(state))
     act(run, run.emit("on_fit_start"))
     while not state.stopped and not run.out_of_budget():
         act(run, run.emit("on_epoch_start"))
@@ -47,7 +58,12 @@ def fit(run: Run) -> dict:
     return finish(run)
 
 
-def train_epoch(run: Run) -> bool:
+def resumption(state: TrainState) -> list[Decision]:
+    """A run loaded from the checkpoint its preemption wrote trains on."""
+    return [Resume(state.stop_reason)] if state.status == PREEMPTED else []
+
+
+def train_epoch(run: Training) -> bool:
     """Train from the saved position to the end of the epoch; False if a decision left it early."""
     state, log_every = run.state, run.config.train.log_every
     started = time.perf_counter()
@@ -62,12 +78,12 @@ def train_epoch(run: Run) -> bool:
             decisions = run.emit("on_step_end")
             evaluate = run.eval_due_at_step()
             if state.step % log_every == 0 or evaluate or any(isinstance(d, (Save, Stop)) for d in decisions):
-                decisions = run.log() + decisions  # fetch first: a rollback or failure it decides beats a save or stop
+                decisions = run.fetch() + decisions  # fetch first: a rollback or failure it decides beats a save or stop
             if evaluate:
                 decisions += run.emit("on_eval_end", run.evaluate())
             if not act(run, decisions):
                 return False
-        if not act(run, run.log()):
+        if not act(run, run.fetch()):
             return False
     finally:
         state.train_seconds += time.perf_counter() - started
@@ -75,15 +91,19 @@ def train_epoch(run: Run) -> bool:
     return True
 
 
-def act(run: Run, decisions: list[Decision]) -> bool:
+def act(run: Training, decisions: list[Decision]) -> bool:
     """Carry out the decisions of one moment; False when training must leave the current epoch."""
     if not decisions:  # most steps
         return not run.state.stopped
     for split in (d for d in decisions if isinstance(d, Split)):
         run.split(split)
+    if any(isinstance(d, Resume) for d in decisions):
+        run.state.resume()
     rollback = next((d for d in decisions if isinstance(d, RollBack)), None)
     if rollback is not None:
-        run.roll_back(rollback)
+        failed = run.roll_back(rollback)
+        if failed is not None:
+            act(run, [failed])
         return False
     for decision in decisions:
         if isinstance(decision, Stop):
@@ -94,21 +114,21 @@ def act(run: Run, decisions: list[Decision]) -> bool:
     return not run.state.stopped
 
 
-def finish(run: Run) -> dict:
+def finish(run: Training) -> dict:
     """After the loop: the final checkpoint, exported weights, test metrics, then on_fit_end."""
     state = run.state
-    act(run, run.log())  # a stop decided without a save may leave steps unfetched
+    act(run, run.fetch())  # a stop decided without a save may leave steps unfetched
     if not state.stopped:
         if run.out_of_steps() and state.step not in state.eval_steps:
             act(run, run.emit("on_eval_end", run.evaluate()))  # a step budget ends between evaluations
         state.stop("max_steps reached" if run.out_of_steps() else "max_epochs reached", COMPLETED)
     if state.status == COMPLETED and run.gate_failed():
         state.status = GATE_FAILED  # trained to the end without passing its gate: final, not a crash
-    if run.last_saved_step != state.step and state.status != "preempted":
+    if run.last_saved_step != state.step and state.status != PREEMPTED:
         act(run, [Save("final")])  # act saves nothing for a failed run
     run.writer.wait()
     if state.status in (COMPLETED, GATE_FAILED):  # a gate-failed run's weights are kept for inspection
         run.export_weights()
-        run.tested = run.test()
+        state.tested = run.test()
     act(run, run.emit("on_fit_end"))
     return run.result()

@@ -55,7 +55,7 @@ def make_schedule(kind: str, warmup_steps: int, total_steps: int, min_lr_ratio: 
 
 
 def resolve_warmup_steps(total_steps: int, warmup_fraction: float, warmup_steps: int | None) -> int:
-    """A step count wins over a fraction; a fraction is of all optimizer steps (seed 001, pitfall 2)."""
+    """A step count wins over a fraction; a fraction is of all optimizer steps (so the schedule's shape does not depend on grad_accum)."""
     if warmup_steps is not None:
         return warmup_steps
     return int(warmup_fraction * total_steps)

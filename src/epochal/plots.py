@@ -36,7 +36,7 @@ def pyplot():
 
 
 @dataclass
-class RunData:
+class RunFiles:
     """What the plots read from a run folder."""
 
     dir: Path
@@ -57,12 +57,12 @@ class RunData:
                 if n and len(values) == n and name != "train_loss"}
 
 
-def read_run(run_dir: str | Path) -> RunData:
+def read_run(run_dir: str | Path) -> RunFiles:
     run_dir = Path(run_dir)
     if not any((run_dir / name).exists() for name in ("config.toml", "result.json")):
         raise EpochalError(f"{run_dir}: not a run folder (no config.toml or result.json); allowed: a folder made by "
                            "`epochal run`")
-    data = RunData(run_dir)
+    data = RunFiles(run_dir)
     if (run_dir / "result.json").exists():
         data.result = json.loads((run_dir / "result.json").read_text())
     if (run_dir / "config.toml").exists():
@@ -107,7 +107,7 @@ def use_log_scale(values: list[float], scale: str) -> bool:
     return bool(finite) and min(finite) > 0 and max(finite) > 10 * min(finite)
 
 
-def loss_figure(data: RunData, scale: str = "auto"):
+def loss_figure(data: RunFiles, scale: str = "auto"):
     """Per-step training loss, raw and smoothed, with the learning rate on a second axis; None without steps."""
     if not data.steps:
         return None
@@ -136,12 +136,12 @@ def loss_figure(data: RunData, scale: str = "auto"):
     return fig
 
 
-def _title(data: RunData) -> str:
+def _title(data: RunFiles) -> str:
     task = data.result.get("task") or data.config.get("task", {}).get("name", "")
     return f"{task} · {data.dir.name}"
 
 
-def stop_marks(data: RunData) -> list[tuple[int, str]]:
+def stop_marks(data: RunFiles) -> list[tuple[int, str]]:
     """(epoch, label) of the moments worth a vertical line: the gate passing, early stopping."""
     meta, marks = data.result.get("metadata", {}), []
     if meta.get("gate_passed") and meta.get("gate_epoch"):
@@ -151,7 +151,7 @@ def stop_marks(data: RunData) -> list[tuple[int, str]]:
     return marks
 
 
-def metrics_figure(data: RunData):
+def metrics_figure(data: RunFiles):
     """Each evaluation metric per evaluation, gate thresholds dashed, gate pass / early stop marked; None without any."""
     curves = data.eval_curves()
     if not curves:
@@ -215,7 +215,7 @@ def save_png(fig, path: Path) -> Path:
 
 
 def _task_or_none(name: str):
-    from epochal.tasks import get_task
+    from epochal.task import get_task
 
     try:
         return get_task(name)
@@ -233,7 +233,7 @@ class Plots(Callback):
         try:
             written = write_plots(run.dir, self.task, self.loss_scale)
         except EpochalError as err:
-            run.printer(f"warning: no plots: {err}")
+            run.print(f"warning: no plots: {err}")
             return
         if written:
-            run.printer(f"plots: {', '.join(str(path.relative_to(run.dir)) for path in written)}")
+            run.print(f"plots: {', '.join(str(path.relative_to(run.dir)) for path in written)}")

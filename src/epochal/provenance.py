@@ -132,7 +132,7 @@ def collect(device: torch.device, seed: int) -> dict:
 
 
 def banner(device: torch.device) -> str:
-    """The start-up line seed 004 asks for: which device, which CUDA devices are visible, versions."""
+    """The start-up line: which device, which CUDA devices are visible, versions."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     cuda = f"CUDA {torch.version.cuda}" if torch.cuda.is_available() else "no CUDA"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
@@ -140,7 +140,7 @@ def banner(device: torch.device) -> str:
 
 
 def startup_warnings(device: torch.device, expected_gpus: list[str], expected_visible: str) -> list[str]:
-    """Seed 004's start-up check: warn when the GPU is not one of the expected models or
+    """The start-up check: warn when the GPU is not one of the expected models or
     CUDA_VISIBLE_DEVICES is not the expected value (the run goes on; the warning is recorded)."""
     warnings = []
     if expected_gpus:

@@ -21,12 +21,12 @@ from typing import Any
 from epochal.io import atomic_write_text
 from epochal.errors import EpochalError
 from epochal.html_parts import html_table, image_tag, page, section, status_badge
-from epochal.plots import PLOTS, RunData, read_run, write_plots
+from epochal.plots import PLOTS, RunFiles, read_run, write_plots
 from epochal.status import GATE_FAILED, status_of
 from epochal.sweep.report import is_sweep_folder, sweep_report
 
 
-def run_summary(data: RunData) -> dict[str, Any]:
+def run_summary(data: RunFiles) -> dict[str, Any]:
     """One run at a glance (a sweep's runs table has one of these per trial)."""
     result, meta = data.result, data.result.get("metadata", {})
     best = result.get("best") or {}
@@ -45,7 +45,7 @@ def failure_reason(result: dict) -> str:
 
 
 # ------------------------------------------------------------------------------- run report
-def status_section(data: RunData) -> str:
+def status_section(data: RunFiles) -> str:
     result, meta = data.result, data.result.get("metadata", {})
     if not result:
         return section("Status", f"<p>{status_badge('running')} no result.json yet: the run has not finished an "
@@ -68,7 +68,7 @@ def status_section(data: RunData) -> str:
     return section("Status", f"<p>{status_badge(status)}</p>\n" + note + html_table(None, rows))
 
 
-def metrics_section(data: RunData) -> str:
+def metrics_section(data: RunFiles) -> str:
     result = data.result
     parts = []
     if result.get("metrics"):
@@ -86,7 +86,7 @@ def metrics_section(data: RunData) -> str:
     return section("Metrics", "\n".join(parts) or "<p>No evaluation yet.</p>")
 
 
-def plots_section(data: RunData) -> str:
+def plots_section(data: RunFiles) -> str:
     images = sorted((data.dir / PLOTS).glob("*.png"), key=lambda p: ({"loss": 0, "metrics": 1}.get(p.stem, 2), p.stem))
     images += sorted(data.dir.glob("*.png"))  # figures a task writes itself (flow: samples.png)
     return section("Plots", "\n".join(image_tag(path, caption_of(path, data.dir)) for path in images)
@@ -121,7 +121,7 @@ def config_section(run_dir: Path) -> str:
     return section("Config", f"<pre>{html.escape(text)}</pre>")
 
 
-def run_sections(data: RunData) -> list[str]:
+def run_sections(data: RunFiles) -> list[str]:
     return [status_section(data), metrics_section(data), plots_section(data), provenance_section(data.dir),
             config_section(data.dir)]
 

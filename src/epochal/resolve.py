@@ -11,7 +11,7 @@ from typing import Any
 
 from epochal.config import RunConfig, build_config, dotted_to_nested, layered_task_name, load_toml
 from epochal.errors import ConfigError
-from epochal.tasks import Task, get_task
+from epochal.task import Task, get_task
 
 
 def resolve(task: str | Task | None, layers: list[dict]) -> RunConfig:

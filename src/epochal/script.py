@@ -25,7 +25,7 @@ from epochal.callbacks.base import Callback
 from epochal.config import RunConfig
 from epochal.resolve import resolve_config
 from epochal.step import loss_parts
-from epochal.tasks import Built, RunContext, Task
+from epochal.task import Built, RunContext, Task
 from epochal.tree import batch_size, leaves, to_device, tree_map
 
 SCRIPT_TASK = "script"

@@ -30,6 +30,8 @@ class TrainState:
     grad_norm_count: int = 0  # how many there were
     status: str = "running"  # running, completed, gate_failed, preempted, failed (status.py)
     micro_batches: int = 1  # per accumulation chunk: what train.microbatch = "auto" settled on after running out of memory
+    val_loss: float | None = None  # the task's own loss on its validation split at the last evaluation
+    tested: dict | None = None  # test metrics of the last and the best weights, once training has ended
 
     @property
     def stopped(self) -> bool:
@@ -39,6 +41,10 @@ class TrainState:
         """Record a Stop decision; the first reason wins."""
         if not self.stopped:
             self.stop_reason, self.status = reason, status
+
+    def resume(self) -> None:
+        """Carry out a Resume decision: a preempted run trains on."""
+        self.stop_reason, self.status = "", "running"
 
     def add_grad_norms(self, records: list[dict]) -> None:
         """Fold fetched steps' gradient norms into their epoch's mean (checkpointed: exact across a resume)."""

@@ -1,7 +1,7 @@
 """How a run ended: the statuses result.json records and what each one means to the rest of epochal.
 
 ``completed``    trained to the end of its budget or stopped by a policy; passed its gate if it has one
-``gate_failed``  trained to the end, but its [gate] never passed (seed 001: a failed config); final, not a crash
+``gate_failed``  trained to the end, but its [gate] never passed (a failed config); final, not a crash
 ``failed``       stopped by an error or non-finite numbers
 ``preempted``    stopped by a signal after saving a checkpoint: resume it
 ``pruned``       stopped early by a sweep's pruner
@@ -13,10 +13,13 @@ with its own code (3), so a script tells pass, gate failure and crash apart.
 
 from __future__ import annotations
 
+RUNNING = "running"
 COMPLETED = "completed"
 GATE_FAILED = "gate_failed"
+FAILED = "failed"
+PREEMPTED = "preempted"
 # Statuses after which there is nothing left to train: resuming such a run does nothing.
-FINISHED = (COMPLETED, GATE_FAILED, "failed")
+FINISHED = (COMPLETED, GATE_FAILED, FAILED)
 # Exit code of a run that trained to the end without passing its gate: not 0 (a script must not take its
 # weights for a passed config) and not 1 (nothing crashed; rerunning the same config will not help).
 GATE_FAILED_EXIT_CODE = 3

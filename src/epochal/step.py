@@ -18,6 +18,7 @@ from torch import nn
 from epochal import faults
 from epochal.compiling import CompileWatch
 from epochal.distributed import ALONE, World
+from epochal.errors import ConfigError
 from epochal.tree import batch_size, split
 
 LossFn = Callable[[nn.Module, Any], Any]
@@ -100,6 +101,18 @@ def _is_pair(value: Any) -> bool:
     return isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], torch.Tensor)
 
 
+def nonfinite_guard(nan_policy: str, guard_nonfinite: bool | None, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a non-finite step is skipped on the device: ``train.guard_nonfinite`` as set, else only under
+    nan_policy "skip", the one policy that needs it. Only fused optimizers read the flag that skips a step:
+    "skip" with another is refused, and an explicit guard does nothing with one."""
+    fused = bool(optimizer.defaults.get("fused"))
+    if nan_policy == "skip" and not fused:
+        raise ConfigError(f"train.nan_policy: 'skip' needs an optimizer that skips a step on the device (fused "
+                          f"AdamW/Adam/SGD), not {type(optimizer).__name__}; allowed: stop, rollback")
+    wanted = nan_policy == "skip" if guard_nonfinite is None else guard_nonfinite
+    return wanted and fused
+
+
 class Step:
     def __init__(
         self,
@@ -111,7 +124,7 @@ class Step:
         precision: str,
         grad_clip: float,
         grad_accum: int,
-        guard_nonfinite: bool = True,
+        guard_nonfinite: bool = False,
         prepare: Callable[[Any], Any] | None = None,
         world: World = ALONE,
         no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
@@ -129,8 +142,7 @@ class Step:
         self.grad_clip, self.grad_accum = grad_clip, grad_accum
         self.micro_batches = 1  # per accumulation chunk; more after running out of memory (train.microbatch)
         self.oom_above = faults.oom_above()  # a test's stand-in for a GPU that is too small
-        # Only fused optimizers read a found_inf flag: with them a bad step is skipped on the device.
-        self.guard_nonfinite = guard_nonfinite and bool(optimizer.defaults.get("fused"))
+        self.guard_nonfinite = guard_nonfinite  # resolved by nonfinite_guard: only a fused optimizer reads the flag
         # The guard's flag and the unit scale its check multiplies by: allocated once, reused every step.
         self.found_inf = torch.zeros((), device=device)
         self.unit_scale = torch.ones((), device=device)

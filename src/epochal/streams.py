@@ -104,7 +104,7 @@ class StreamBatches(Batches):
         self.keys = sorted(map(str, initial)) if isinstance(initial, dict) else []
         self.snapshots: collections.deque = collections.deque(maxlen=KEPT_SNAPSHOTS)  # ((epoch, position), state)
         self.loaded: dict | None = None  # a checkpoint's state, until the epoch it belongs to starts
-        self.trained: Callable[[], tuple[int, int]] = self._fetched  # Run.follow: the loop's position
+        self.trained: Callable[[], tuple[int, int]] = self._fetched  # Batches.follow: the loop's position
 
     def __len__(self) -> int:
         raise TypeError("an iterable dataset has no known number of batches")

@@ -1,5 +1,5 @@
-"""A run while it trains: the model, optimizer, data, state registry and callbacks, and the
-operations the loop (``loop.py``) calls on them. This is what callbacks receive as ``run``.
+"""A run while it trains (``Training``): the model, optimizer, data, state registry and callbacks,
+and the operations the loop (``loop.py``) calls on them. Callbacks see it through ``view.RunView``.
 """
 
 from __future__ import annotations
@@ -21,28 +21,29 @@ from epochal.callbacks.ema import EMA
 from epochal.callbacks.gate import Gate
 from epochal.callbacks.nan_policy import NanPolicy
 from epochal.callbacks.preemption import Preemption
-from epochal.callbacks.run_record import RunRecord
-from epochal.checkpoint import BackgroundWriter, CheckpointStore, payload_states, save_weights, serialize, to_cpu
+from epochal.callbacks.folder_writer import FolderWriter
+from epochal.checkpoint import BackgroundWriter, CheckpointStore, make_payload, payload_states, save_weights, serialize
 from epochal.compiling import CompileWatch, compile_loss
 from epochal.config import RunConfig, compile_mode
 from epochal.data import make_batches
-from epochal.decisions import Decision, RollBack, Save, Split, as_decisions
+from epochal.decisions import Decision, RollBack, Save, Split, Stop, as_decisions
 from epochal.distributed import ALONE, RanksRNG, World
 from epochal.errors import ConfigError, EpochalError
+from epochal.faults import fault_hooks
 from epochal.graphs import CapturedStep, check_capturable, check_fixed_shapes
 from epochal.optim import build_adamw, make_schedule, resolve_warmup_steps
-from epochal.records import RunFolder
+from epochal.run_folder import RunFolder
 from epochal.registry import StateRegistry
 from epochal.signals import PreemptionSignals
 from epochal.state import TrainState, capture_rng, restore_rng
-from epochal.step import Step, StepRecords, autocast
-from epochal.tasks import Built, RunContext, Task
+from epochal.step import Step, StepRecords, autocast, nonfinite_guard
+from epochal.task import Built, RunContext, Task
+from epochal.view import RunView
 
-CHECKPOINT_FORMAT = 2
 LINKS = {"best": "best.pt", "gate": "checkpoint_gate.pt"}  # Save kinds that keep a named link to the file
 
 
-class Run:
+class Training:
     def __init__(self, task: Task, config: RunConfig, folder: RunFolder, built: Built, context: RunContext,
                  callbacks: list[Callback], signals: PreemptionSignals, log: Callable[[str], None],
                  world: World = ALONE):
@@ -52,7 +53,7 @@ class Run:
         if world.size > 1 and config.checkpoint.every_minutes:
             raise ConfigError("checkpoint.every_minutes: each process's clock would decide at a different step; "
                               "allowed with more than one process: checkpoint.every_steps")
-        self.dir, self.device, self.eval_context = folder.path, device, built.eval_context
+        self.device, self.eval_context = device, built.eval_context
         self.signals = signals  # the preemption signals received (a test may set one as a scheduler would)
         self.model = built.model.to(device)
         trained = world.wrap(self.model, device)  # DistributedDataParallel under torchrun
@@ -67,48 +68,45 @@ class Run:
             o = config.optim
             self.optimizer = build_adamw(self.model, o.lr, o.weight_decay, o.betas, o.eps, o.decay_all)
         self.scheduler = (built.scheduler or default_scheduler(config))(self.optimizer, self.total_steps)
-        if config.train.nan_policy == "skip" and not self.optimizer.defaults.get("fused"):
-            raise ConfigError(f"train.nan_policy: 'skip' needs an optimizer that skips a step on the device (fused "
-                              f"AdamW/Adam/SGD), not {type(self.optimizer).__name__}; allowed: stop, rollback")
+        guarded = nonfinite_guard(train.nan_policy, train.guard_nonfinite, self.optimizer)
         compiled = compile_mode(train.compile) != "off"
-        self.step = Step(trained, compile_loss(task.loss, train.compile) if compiled else task.loss, self.optimizer,
-                         self.scheduler, device, train.precision, train.grad_clip, train.grad_accum, train.guarded,
-                         getattr(task, "prepare_batch", None), world, getattr(trained, "no_sync", None),
-                         CompileWatch(train.compile) if compiled else None)
+        self.device_step = Step(trained, compile_loss(task.loss, train.compile) if compiled else task.loss,
+                                self.optimizer, self.scheduler, device, train.precision, train.grad_clip,
+                                train.grad_accum, guarded, getattr(task, "prepare_batch", None), world,
+                                getattr(trained, "no_sync", None), CompileWatch(train.compile) if compiled else None)
         # Under torchrun the ranks agree every step whether one ran out of memory (one small all-reduce).
-        self.step.agree_memory = train.microbatch == "auto" and world.size > 1
+        self.device_step.agree_memory = train.microbatch == "auto" and world.size > 1
         self.rng_before_step: dict | None = None  # train.microbatch = "auto": what a retried step draws again
         self.captured: CapturedStep | None = None  # the step as a CUDA graph (train.cuda_graphs)
         if train.cuda_graphs:
             check_capturable(device, train.precision, train.grad_accum, world.size, self.optimizer)
             check_fixed_shapes(self.steps_per_epoch, getattr(self.batches, "n", None), train.batch_size,
                                train.drop_last)
-            self.captured = CapturedStep(self.step)
+            self.captured = CapturedStep(self.device_step)
         self.records = StepRecords()
         self.state = TrainState()
         self.store = CheckpointStore(folder.path / "checkpoints", config.checkpoint.keep_last, writes=world.main)
         self.writer = BackgroundWriter(config.checkpoint.async_write)
         self.config_dict, self.config_hash = config.to_dict(), config.hash()
         self.last_saved_step = -1
-        self.tested: dict | None = None  # test metrics of the last and best weights, once training completed
-        self.val_loss: float | None = None  # the task's loss on its validation split at the last evaluation
-        self.origin: dict = {}  # provenance of the starting point (initial weights hash, warm start, data)
-        meters, listeners = loggers.listeners(task, config, self.model, device)
+        # The throughput meter adds its values to each fetched interval's last record (fetch).
+        self.throughput, listeners = loggers.listeners(task, config, self.model, device)
         writers = [*listeners, Console(log, train.progress, train.max_epochs)] if world.main else []
-        self.callbacks = [*meters, *policies(config, self.model), *task.callbacks(config.task, context), *callbacks,
-                          Checkpointing(config.checkpoint, train.max_epochs), Preemption(signals),
-                          RunRecord(), *writers]
+        self.callbacks = [self.throughput, *policies(config, self.model), *task.callbacks(config.task, context),
+                          *callbacks, Checkpointing(config.checkpoint, train.max_epochs), Preemption(signals),
+                          FolderWriter(), *writers, *fault_hooks()]
         # Per event, the callbacks that handle it: on_step_end runs every step, most callbacks ignore it.
         self.handlers = {event: [c for c in self.callbacks if handles(c, event)] for event in EVENTS}
         self.registry = self._register()
+        self.view = RunView(self)  # what callbacks receive
 
     def _register(self) -> StateRegistry:
         registry = StateRegistry()
         registry.register("model", self.model, weights=True)
         registry.register("optimizer", self.optimizer)
         registry.register("scheduler", self.scheduler)
-        if self.step.scaler is not None:
-            registry.register("scaler", self.step.scaler)
+        if self.device_step.scaler is not None:
+            registry.register("scaler", self.device_step.scaler)
         registry.register("state", self.state)
         registry.register("data", self.batches)
         registry.register("rng", RanksRNG(self.world))
@@ -140,7 +138,7 @@ class Run:
     def emit(self, event: str, *args) -> list[Decision]:
         decisions: list[Decision] = []
         for callback in self.handlers[event]:
-            returned = getattr(callback, event)(self, *args)
+            returned = getattr(callback, event)(self.view, *args)
             if returned is not None:  # the usual answer, and the one that costs nothing to check
                 decisions += as_decisions(returned, callback, event)
         return decisions
@@ -152,7 +150,7 @@ class Run:
         lr = self.optimizer.param_groups[0]["lr"]
         self.rng_before_step = capture_rng() if self.config.train.microbatch == "auto" else None
         try:
-            values = (self.captured or self.step)(batch)
+            values = (self.captured or self.device_step)(batch)
         except torch.OutOfMemoryError as error:
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         else:
@@ -164,12 +162,12 @@ class Run:
 
     def _split_after(self, reason: str, batch) -> Split:
         """The next split to try, or one line when even micro-batches of one example do not fit."""
-        step, now = self.state.step + 1, self.step.micro_batches
+        step, now = self.state.step + 1, self.device_step.micro_batches
         if self.rng_before_step is None:
             raise EpochalError(f"step {step} ran out of memory ({reason}); allowed: train.microbatch = \"auto\" "
                                "(retries the batch in micro-batches, same gradient), a smaller train.batch_size or "
                                "a larger train.grad_accum")
-        if now >= self.step.most_micro_batches(batch):
+        if now >= self.device_step.most_micro_batches(batch):
             raise EpochalError(f"train.microbatch: step {step} runs out of memory even in micro-batches of one "
                                f"example ({reason}{memory_figures(self.device)}); the last checkpoint is kept; "
                                "allowed: a smaller model, or a device with more memory")
@@ -182,14 +180,15 @@ class Run:
         restore_rng(self.rng_before_step)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        self.step.micro_batches = self.state.micro_batches = decision.micro_batches
+        self.device_step.micro_batches = self.state.micro_batches = decision.micro_batches
         self.printer(f"warning: {decision.reason}: retrying it in {decision.micro_batches} micro-batches "
                      f"(of {self.config.train.grad_accum * decision.micro_batches} a step), and so on from now")
         self.folder.append_history([{"event": "microbatch", "step": self.state.step + 1,
                                      "micro_batches": decision.micro_batches, "reason": decision.reason}])
 
-    def log(self) -> list[Decision]:
-        """Fetch the values of the steps since the last call (the one host sync) and hand them to on_log."""
+    def fetch(self) -> list[Decision]:
+        """Fetch the values of the steps since the last call (the one host sync) and hand them to on_log,
+        the interval's throughput added to its last record."""
         agree = self._agree if self.world.size > 1 else None
         records = self.records.fetch(self.state.step, self.state.epoch + 1, agree)
         if not records:
@@ -198,6 +197,7 @@ class Run:
         for name in records[0]:
             if name not in ("step", "epoch", "lr", "grad_norm"):
                 self.state.curves.setdefault("train_loss" if name == "loss" else name, []).extend(r[name] for r in records)
+        records[-1].update(self.throughput.measure(self.view, self.state.step))  # for history and trackers, not curves
         return self.emit("on_log", self.state.step, records)
 
     def _agree(self, rows: torch.Tensor) -> torch.Tensor:
@@ -248,11 +248,11 @@ class Run:
             metrics = {name: float(value) for name, value in self.task.evaluate(model, self.eval_context).items()}
             named = self.task.val_loss_metric
             loss = metrics.get(named) if named else self.task.validation_loss(model, self.eval_context)
-            self.val_loss = None if loss is None else float(loss)
+            self.state.val_loss = None if loss is None else float(loss)
             return metrics
 
     def test(self) -> dict | None:
-        """The task's test metrics on the last weights and, if kept, on best.pt's (seed 003, 5.7); rank 0's."""
+        """The task's test metrics on the last weights and, if kept, on best.pt's; rank 0's."""
         if not self.world.main:
             return None
         with self.evaluating() as model:
@@ -261,7 +261,7 @@ class Run:
             return None
         tested = {"last": last}
         if any(entry["file"] == LINKS["best"] for entry in self.store.manifest()):
-            with self.evaluating(payload_states(self.store.load(LINKS["best"]))) as model:
+            with self.evaluating(self.store.load_states(LINKS["best"])) as model:
                 tested["best"] = self.task.test(model, self.eval_context)
         return tested
 
@@ -279,8 +279,7 @@ class Run:
         self.last_saved_step = state.step
         if not self.world.main:
             return
-        payload = to_cpu({"format": CHECKPOINT_FORMAT, "state": states, "world_size": self.world.size,
-                          "config": self.config_dict, "config_hash": self.config_hash})
+        payload = make_payload(states, self.config_dict, self.config_hash, self.world.size)
         info = {"kind": kind, "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
                 "saved": datetime.datetime.now().isoformat(timespec="seconds")}
         store = self.store
@@ -294,30 +293,42 @@ class Run:
         if any(save.wait for save in saves):
             self.writer.wait()
 
-    def restore(self, payload: dict, keep: tuple[str, ...] = ()) -> None:
-        self.registry.load_state_dict(payload_states(payload), keep=keep)
-        self.step.micro_batches = self.state.micro_batches  # a split found before the checkpoint is kept
+    def load_checkpoint(self, warn: Callable[[str], None], check: Callable[[dict], None] | None = None,
+                        keep: tuple[str, ...] = ()) -> tuple[dict, dict] | None:
+        """The one way a checkpoint enters a training run (resume and roll-back both come here).
+
+        The newest checkpoint of the run's store that loads (damaged ones are reported through ``warn``
+        and passed over), accepted by ``check`` (which raises to refuse it), goes into the state registry
+        (``keep``: entries that stay as they are); the history after it is cut. Returns its manifest entry
+        and payload; None when no checkpoint loads."""
+        self.writer.wait()
+        self.world.barrier()  # every rank reads the checkpoint rank 0 has finished writing
+        newest = self.store.newest_valid(warn=warn)
+        if newest is None:
+            return None
+        if check is not None:
+            check(newest[1])
+        self.registry.load_state_dict(payload_states(newest[1]), keep=keep)
+        self.device_step.micro_batches = self.state.micro_batches  # a split found before the checkpoint is kept
         if self.captured is not None:
             self.captured.release()  # the optimizer's state tensors were replaced: capture again
         self.records.discard()
         self.last_saved_step = self.state.step
+        self.folder.truncate_history(self.state.step, self.state.epoch)
+        return newest
 
-    def roll_back(self, decision: RollBack) -> None:
-        """Reload the newest valid checkpoint (the policy keeps its own count) and scale the learning rate."""
-        self.writer.wait()
-        self.world.barrier()  # every rank reads the checkpoint rank 0 has finished writing
-        newest = self.store.newest_valid(warn=warnings.warn)
-        if newest is None:
-            self.state.stop(f"{decision.reason}; no checkpoint to roll back to", "failed")
-            return
-        self.restore(newest[1], keep=("nan_policy",))
+    def roll_back(self, decision: RollBack) -> Stop | None:
+        """Reload the newest valid checkpoint (the policy keeps its own count) and scale the learning rate;
+        with no checkpoint to go back to, the Stop that fails the run."""
+        if self.load_checkpoint(warnings.warn, keep=("nan_policy",)) is None:
+            return Stop(f"{decision.reason}; no checkpoint to roll back to", "failed")
         for i, group in enumerate(self.optimizer.param_groups):
             ratio = decision.lr_factor * group["initial_lr"] / self.scheduler.base_lrs[i]
             self.scheduler.base_lrs[i] *= ratio
             group["lr"] *= ratio
-        self.folder.truncate_history(self.state.step, self.state.epoch)
         warnings.warn(f"{decision.reason}: rolled back to step {self.state.step}, "
                       f"learning rate x{decision.lr_factor:g} of the configured one", stacklevel=2)
+        return None
 
     # ---------------------------------------------------------------- result
     def export_weights(self) -> None:
@@ -345,15 +356,15 @@ class Run:
             extra = callback.result()
             result["metadata"].update(extra.get("metadata", {}))
             result.update({key: value for key, value in extra.items() if key != "metadata"})
-        if self.tested is not None:
-            result["test"] = self.tested
+        if state.tested is not None:
+            result["test"] = state.tested
         return result
 
 
     def _step_metadata(self) -> dict:
         """What compiling and capturing the step cost (of this attempt: a resume starts them again)."""
         found = {}
-        watch = self.step.watch
+        watch = self.device_step.watch
         if watch is not None:
             found.update(compile_seconds=round(watch.seconds, 3), recompiles=watch.recompiles)
         if self.captured is not None:

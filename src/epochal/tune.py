@@ -28,7 +28,7 @@ from epochal.optim import build_adamw
 from epochal.resolve import resolve_config
 from epochal.state import seed_everything
 from epochal.step import Step
-from epochal.tasks import RunContext, Task
+from epochal.task import RunContext, Task
 
 
 @dataclass

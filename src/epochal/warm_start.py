@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
-from epochal.checkpoint import load_file, payload_states, read_checkpoint, tensors_sha256
+from epochal.checkpoint import load_file, model_weights, read_checkpoint, read_safetensors, tensors_sha256
 from epochal.config import InitConfig
 from epochal.errors import CheckpointError, ConfigError
 
@@ -70,9 +68,9 @@ def _source_weights(path: Path, which: str) -> tuple[dict[str, torch.Tensor], di
         raise ConfigError(f"init.path: {path} does not exist; allowed: {ALLOWED}")
     if path.suffix == ".safetensors":
         try:
-            return load_safetensors(str(path)), None
-        except (SafetensorError, OSError) as err:
-            raise ConfigError(f"init.path: {path} is not a readable safetensors file ({err})") from None
+            return read_safetensors(path), None
+        except CheckpointError as err:
+            raise ConfigError(f"init.path: {err}") from None
     try:
         payload = load_file(path)
     except CheckpointError as err:
@@ -82,10 +80,9 @@ def _source_weights(path: Path, which: str) -> tuple[dict[str, torch.Tensor], di
 
 def _model_state(payload: dict, path: Path) -> dict[str, torch.Tensor]:
     """An epochal checkpoint's model weights, or a plain state dict as it is."""
-    if isinstance(payload, dict) and "format" in payload:
-        return payload_states(payload)["model"]
-    if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
-        return payload
+    weights = model_weights(payload)
+    if weights is not None:
+        return weights
     raise ConfigError(f"init.path: {path} holds neither an epochal checkpoint nor a state dict; allowed: {ALLOWED}")
 
 
@@ -98,7 +95,7 @@ def _run_weights(folder: Path, which: str) -> tuple[dict[str, torch.Tensor], dic
         if name.endswith(".safetensors"):
             if not (checkpoints / name).exists():
                 raise ConfigError(f"init.weights: {folder} has no EMA weights ({name}); allowed: last, best")
-            state = load_safetensors(str(checkpoints / name))
+            state = read_safetensors(checkpoints / name)
         else:
             state = _model_state(read_checkpoint(checkpoints, name), checkpoints / name)
     except CheckpointError as err:

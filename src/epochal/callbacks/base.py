@@ -1,22 +1,15 @@
 """The callback protocol: policy and listeners, never numerics.
 
-Seven events, called in this order by ``loop.fit`` with the running ``Run`` first:
+Seven events, heard in the order ``loop.py``'s docstring shows (the loop's contract,
+written once there): on_fit_start, on_epoch_start, on_step_end, on_log, on_eval_end,
+on_epoch_end, on_fit_end. Each receives the run's read-only view first (``view.RunView``:
+what a callback may read, listed there); ``on_log`` also the records fetched since the
+last one (step, epoch, lr, loss, loss components, grad_norm, throughput; on the host),
+``on_eval_end`` the metrics of the evaluation.
 
-    on_fit_start(run)
-      on_epoch_start(run)
-        on_step_end(run)              after every optimizer step; device tensors only, no host values
-        on_log(run, step, records)    every log_every steps: one record per step since the last call
-                                      (step, epoch, lr, loss, loss components, grad_norm), already on the host
-      on_eval_end(run, metrics)       after an evaluation (run.state.epoch is the epoch just finished)
-      on_epoch_end(run)
-    on_fit_end(run)                   after the final checkpoint and the test metrics
-
-An event returns ``None`` or decisions (``epochal.decisions``: Save, Stop, RollBack),
-which the loop carries out in one place; a callback never changes the run's course
-any other way and never reads another callback's attributes. What it may read is
-public: ``run.state`` (epoch, step, curves, metrics, status), ``run.model``,
-``run.config``, ``run.dir``, ``run.eval_context``; ``run.evaluating()`` evaluates with
-the evaluation weights.
+An event returns ``None`` or decisions (``epochal.decisions``: Save, Stop, RollBack);
+a callback never changes the run's course any other way and never reads another
+callback's attributes.
 
 A callback with state sets ``key`` and implements ``state_dict``/``load_state_dict``:
 it is registered under that key and checkpointed with everything else.

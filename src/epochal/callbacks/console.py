@@ -12,7 +12,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from epochal.callbacks.base import Callback
-from epochal.records import format_metrics
+from epochal.run_folder import format_metrics
 
 
 def interval_line(run, records: list[dict[str, float]], max_epochs: int) -> str:

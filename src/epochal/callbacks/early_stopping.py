@@ -1,4 +1,4 @@
-"""Patience-based early stopping on an evaluation metric (seed 004)."""
+"""Patience-based early stopping on an evaluation metric."""
 
 from __future__ import annotations
 

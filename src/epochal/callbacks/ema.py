@@ -1,4 +1,4 @@
-"""Exponential moving average of the weights (seed 004): evaluate and export with it.
+"""Exponential moving average of the weights: evaluate and export with it.
 
 The average itself is ``epochal.EMAModel`` (ema.py); this callback updates it after
 every optimizer step and hands the loop its swap for evaluation, test and export.

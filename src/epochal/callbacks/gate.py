@@ -1,4 +1,4 @@
-"""A metric gate (seed 001): stop as soon as every threshold passes; flag the run if none did."""
+"""A metric gate: stop as soon as every threshold passes; flag the run if none did."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Trackers, throughput and profiling: listening callbacks that ``Run`` adds from the [log] config.
+"""Trackers, throughput and profiling: listening callbacks that ``Training`` adds from the [log] config.
 
     [log]
     trackers = ["tensorboard", "csv"]      # or: epochal run TASK --log tensorboard,csv
@@ -48,9 +48,9 @@ def perf_meter(task, config: RunConfig, model: torch.nn.Module, device: torch.de
                 task.flops_per_example(config.task, model), peak_flops(device, config.log.peak_tflops))
 
 
-def listeners(task, config: RunConfig, model: torch.nn.Module, device: torch.device) -> tuple[list[Callback], list[Callback]]:
-    """(first, after the run record): the throughput meter fills the records before any callback hears
-    them; the trackers, the profiler and the plots come after the record (plots read result.json)."""
+def listeners(task, config: RunConfig, model: torch.nn.Module, device: torch.device) -> tuple[Perf, list[Callback]]:
+    """(the throughput meter, the listeners that come after the run folder's writer): the trackers, the
+    profiler and the plots (which read result.json)."""
     from epochal.plots import Plots
 
     after: list[Callback] = [tracker_logger(name, config) for name in config.log.trackers]
@@ -59,4 +59,4 @@ def listeners(task, config: RunConfig, model: torch.nn.Module, device: torch.dev
         after.append(Profiler(*window))
     if config.log.plots:
         after.append(Plots(task, config.log.loss_scale))
-    return [perf_meter(task, config, model, device)], after
+    return perf_meter(task, config, model, device), after

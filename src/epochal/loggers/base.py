@@ -36,7 +36,7 @@ _RECORD_META = ("step", "epoch")
 
 
 @dataclass
-class RunInfo:
+class TrackedRun:
     """What a tracker needs to open (or reopen) its run; plain values, safe to hand to another thread."""
 
     dir: Path  # the run folder
@@ -103,13 +103,14 @@ class TrackerLogger(Callback):
         self.disabled = False
         self.last_step = -1  # the newest step handed to the tracker (worker thread)
         self._warn: Callable[[str], None] = print
+        self._config: dict = {}  # the run's config as a dict, taken when the run starts
 
     # ------------------------------------------------------------- tracker calls (worker thread)
     def import_library(self) -> None:
         """Import the tracker's package: called while the run is built, so a slow import (seconds for
         some trackers) happens before training instead of competing with it for the interpreter."""
 
-    def open(self, info: RunInfo) -> None:
+    def open(self, info: TrackedRun) -> None:
         """Create or reopen the tracker's run; resumed at ``info.start_step`` when it is > 0."""
 
     def write(self, step: int, values: dict[str, float]) -> None:
@@ -132,9 +133,10 @@ class TrackerLogger(Callback):
 
     # --------------------------------------------------------------------------- loop events
     def on_fit_start(self, run) -> None:
-        self._warn = run.printer
-        info = RunInfo(Path(run.dir), run.config.experiment_id, run.config.group, run.config.task_name,
-                       Path(run.config.out_dir), run.config_dict, run.state.step)
+        self._warn = run.print
+        self._config = run.config.to_dict()
+        info = TrackedRun(Path(run.dir), run.config.experiment_id, run.config.group, run.config.task_name,
+                       Path(run.config.out_dir), self._config, run.state.step)
         if self._worker is None:
             self._worker = threading.Thread(target=self._work, name=f"epochal-{self.tracker}", daemon=True)
             self._worker.start()
@@ -145,7 +147,7 @@ class TrackerLogger(Callback):
 
     def on_eval_end(self, run, metrics: dict[str, float]) -> None:
         values = {f"eval/{name}": value for name, value in metrics.items()}
-        passed = gate_passed(run.config_dict, metrics)
+        passed = gate_passed(self._config, metrics)
         if passed is not None:
             values["eval/gate_passed"] = passed
         values["eval/epoch"] = float(run.state.epoch)
@@ -182,7 +184,7 @@ class TrackerLogger(Callback):
                 self._warn(f"warning: {self.tracker} logger disabled ({detail}); training goes on, "
                            "history.jsonl keeps every value")
 
-    def _open(self, info: RunInfo) -> None:
+    def _open(self, info: TrackedRun) -> None:
         try:
             self.open(info)
             self.last_step = info.start_step

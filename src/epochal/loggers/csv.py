@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from epochal.loggers.base import RunInfo, TrackerLogger
+from epochal.loggers.base import TrackedRun, TrackerLogger
 
 HEADER = ["step", "name", "value"]
 
@@ -25,7 +25,7 @@ class CSVLogger(TrackerLogger):
         self.file = None
         self.writer = None
 
-    def open(self, info: RunInfo) -> None:
+    def open(self, info: TrackedRun) -> None:
         self.path = info.dir / "metrics.csv"
         if info.start_step > 0 and self.path.exists():
             self._truncate(info.start_step + 1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from epochal.loggers.base import RunInfo, TrackerLogger
+from epochal.loggers.base import TrackedRun, TrackerLogger
 
 # MLflow limits: values per log_batch call, characters of a parameter value.
 BATCH = 1000
@@ -22,7 +22,7 @@ PARAM_CHARS = 6000
 END_STATUS = {"completed": "FINISHED", "gate_failed": "FAILED", "failed": "FAILED", "preempted": "KILLED"}
 
 
-def default_uri(info: RunInfo) -> str:
+def default_uri(info: TrackedRun) -> str:
     return f"sqlite:///{(info.out_dir / 'mlflow.db').resolve()}"
 
 
@@ -41,7 +41,7 @@ class MLflowLogger(TrackerLogger):
     def import_library(self) -> None:
         import mlflow  # noqa: F401
 
-    def open(self, info: RunInfo) -> None:
+    def open(self, info: TrackedRun) -> None:
         import logging
 
         from mlflow import MlflowClient

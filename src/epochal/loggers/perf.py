@@ -1,8 +1,8 @@
 """Throughput and memory once per log interval, logged like any other value.
 
-``Perf`` hears ``on_log`` first and adds these keys to the newest record of the interval,
-so every other callback, history.jsonl and every tracker get them, with no extra host
-sync (only host clocks and allocator counters):
+The run asks ``Perf.measure`` for them when it fetches an interval and adds them to the
+interval's newest record before ``on_log``, so every callback, history.jsonl and every
+tracker get them, with no extra host sync (only host clocks and allocator counters):
 
   steps_per_second, samples_per_second   optimizer steps and examples per second of training
   tokens_per_second                      where the task declares tokens per example
@@ -59,8 +59,8 @@ class Perf(Callback):
         self.time, self.step, self.waited, self.compiled = 0.0, 0, 0.0, 0.0
 
     def _mark(self, run) -> None:
-        self.time, self.step, self.waited = time.perf_counter(), run.state.step, run.batches.wait_seconds
-        self.compiled = _compile_seconds(run)
+        self.time, self.step, self.waited, self.compiled = (time.perf_counter(), run.state.step,
+                                                            run.data_wait_seconds, run.compile_seconds)
 
     def on_fit_start(self, run) -> None:
         self._mark(run)
@@ -68,14 +68,15 @@ class Perf(Callback):
     def on_epoch_start(self, run) -> None:
         self._mark(run)
 
-    def on_log(self, run, step: int, records: list[dict[str, float]]) -> None:
+    def measure(self, run, step: int) -> dict[str, float]:
+        """The throughput of the interval up to ``step`` (the run adds it to the interval's last record)."""
         elapsed, steps = time.perf_counter() - self.time, step - self.step
-        waited = run.batches.wait_seconds - self.waited
-        compiled = _compile_seconds(run) - self.compiled
+        waited = run.data_wait_seconds - self.waited
+        compiled = run.compile_seconds - self.compiled
         elapsed -= compiled
         self._mark(run)
         if steps <= 0 or elapsed <= 0:  # a rollback moved the step back: no interval to measure
-            return
+            return {}
         samples = steps * self.batch_size / elapsed
         values = {"steps_per_second": steps / elapsed, "samples_per_second": samples,
                   "data_wait_seconds": waited, "data_wait_fraction": waited / elapsed}
@@ -90,9 +91,4 @@ class Perf(Callback):
             values["peak_cuda_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
         if self.flops and self.peak:
             values["mfu"] = self.flops * samples / self.peak
-        records[-1].update(values)
-
-
-def _compile_seconds(run) -> float:
-    watch = run.step.watch
-    return 0.0 if watch is None else watch.seconds
+        return values

@@ -35,7 +35,7 @@ class Profiler(Callback):
         sort = "cuda_time_total" if run.device.type == "cuda" else "cpu_time_total"
         (folder / "summary.txt").write_text(self.profiler.key_averages().table(sort_by=sort, row_limit=40) + "\n")
         self.profiler = None
-        run.printer(f"profile: steps {self.first}..{min(self.last, run.state.step)} traced to {trace}")
+        run.print(f"profile: steps {self.first}..{min(self.last, run.state.step)} traced to {trace}")
 
     def on_fit_start(self, run) -> None:
         self._start_if_due(run)

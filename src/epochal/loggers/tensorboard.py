@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from epochal.loggers.base import RunInfo, TrackerLogger
+from epochal.loggers.base import TrackedRun, TrackerLogger
 
 _FILE_NUMBERS = itertools.count()
 
@@ -86,7 +86,7 @@ class TensorBoardLogger(TrackerLogger):
         import google_crc32c  # noqa: F401
         import torch.utils.tensorboard  # noqa: F401
 
-    def open(self, info: RunInfo) -> None:
+    def open(self, info: TrackedRun) -> None:
         from torch.utils.tensorboard.summary import hparams, text
 
         self.events = EventFile(info.dir / "tensorboard")

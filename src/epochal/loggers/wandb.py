@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from epochal.loggers.base import RunInfo, TrackerLogger
+from epochal.loggers.base import TrackedRun, TrackerLogger
 from epochal.status import GATE_FAILED, GATE_FAILED_EXIT_CODE
 
 
@@ -44,7 +44,7 @@ class WandbLogger(TrackerLogger):
     def import_library(self) -> None:
         import wandb  # noqa: F401
 
-    def open(self, info: RunInfo) -> None:
+    def open(self, info: TrackedRun) -> None:
         import wandb
 
         settings = wandb.Settings(console="off", silent=True, disable_git=True, x_disable_stats=True)

@@ -1,6 +1,6 @@
 """`epochal run scratch-mlp`: the NumPy reference trainer, recorded in a standard run folder.
 
-It trains without torch, so it brings its own loop (``own_loop``) instead of the
+It trains without torch, so it brings its own loop (``trains_itself``, ``own_loop``) instead of the
 core's. [task] holds the data and the model; how it trains comes from the core
 sections, as for every task, so ``--epochs``, ``--batch-size``, ``--lr`` and
 ``--seed`` mean what they mean elsewhere (``APPLIED`` lists the mapping).
@@ -25,9 +25,9 @@ import torch
 from epochal import provenance
 from epochal.config import RunConfig, build_config
 from epochal.errors import ConfigError
-from epochal.records import RunFolder
+from epochal.run_folder import RunFolder
 from epochal.scratch.run import ScratchMLPConfig, ScratchTaskConfig, train_mlp
-from epochal.tasks import Task
+from epochal.task import Task
 
 # ScratchMLPConfig field -> the core setting a run takes it from.
 APPLIED = {
@@ -165,9 +165,10 @@ def applied_settings(config: RunConfig) -> dict:
 
 class ScratchMLPTask(Task):
     name = "scratch-mlp"
-    summary = "NumPy MLP trained by the from-scratch AdamW reference trainer (seed 002)"
+    summary = "NumPy MLP trained by the from-scratch AdamW reference trainer"
     Config = ScratchTaskConfig
     defaults = _defaults()
+    trains_itself = True  # the NumPy trainer's own loop, not the core's
 
     def validate(self, config: RunConfig) -> None:
         _refuse_unapplicable(config, self.defaults)

@@ -13,7 +13,7 @@ from typing import Any
 
 from epochal.errors import EpochalError
 from epochal.plots import DPI, pyplot, use_log_scale
-from epochal.records import read_json
+from epochal.run_folder import read_json
 from epochal.sweep.spec import Choice, Range, SweepSpec
 
 FEWEST_FOR_IMPORTANCE = 5  # completed points below which an importance says nothing

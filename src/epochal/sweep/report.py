@@ -23,7 +23,7 @@ from epochal.config import load_toml
 from epochal.errors import ConfigError, EpochalError
 from epochal.io import atomic_write_text
 from epochal.plots import DPI, PLOTS, pyplot, save_png, use_log_scale
-from epochal.records import read_json
+from epochal.run_folder import read_json
 from epochal.html_parts import Markup, html_table, image_tag, page, section, status_badge
 from epochal.status import GATE_FAILED
 from epochal.sweep.insight import best_curves_figure, importances, parallel_figure

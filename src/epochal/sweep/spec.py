@@ -29,7 +29,7 @@ from typing import Any, Literal
 from epochal.config import RunConfig, build_dataclass, flat, load_toml
 from epochal.errors import ConfigError
 from epochal.resolve import resolve_config
-from epochal.tasks import Task, get_task
+from epochal.task import Task, get_task
 
 Scalar = int | float | str | bool
 
@@ -211,7 +211,7 @@ def grid_space(space: dict[str, Choice | Range]) -> dict[str, list[Scalar]]:
 
 # ----------------------------------------------------------------- task and recipe
 def load_task(name: str) -> Task:
-    """A registered task, a plugin's, or ``package.module:TaskClass`` (epochal.tasks.get_task)."""
+    """A registered task, a plugin's, or ``package.module:TaskClass`` (epochal.task.get_task)."""
     try:
         return get_task(name)
     except ConfigError as err:

@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 
 from epochal.io import atomic_write_text
-from epochal.records import finite_or_none
+from epochal.run_folder import finite_or_none
 from epochal.sweep.spec import SweepSpec, point_key, run_id
 from epochal.sweep.store import require_optuna, retried_numbers
 

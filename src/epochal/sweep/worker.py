@@ -31,7 +31,7 @@ from epochal.config import load_toml
 from epochal.decisions import Stop
 from epochal.errors import ConfigError, EpochalError
 from epochal.io import atomic_write_text
-from epochal.records import RunFolder
+from epochal.run_folder import RunFolder
 from epochal.signals import PREEMPTED_EXIT_CODE
 from epochal.status import GATE_FAILED, status_of
 from epochal.sweep.spec import SweepSpec, grid_space, load_task, parse_spec, point_key, run_id, suggest, trial_config

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from epochal.errors import ConfigError
-from epochal.tasks import Built, RunContext, Task
+from epochal.task import Built, RunContext, Task
 
 
 @dataclass

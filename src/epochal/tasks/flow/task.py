@@ -29,7 +29,7 @@ from torch import nn
 
 from epochal.callbacks.base import Callback
 from epochal.errors import ConfigError
-from epochal.tasks import Built, RunContext, Task
+from epochal.task import Built, RunContext, Task
 from epochal.tasks.flow.augment import augment
 from epochal.tasks.flow.data import SYNTHETIC, NormStats, build_flow_data, load_rows
 from epochal.tasks.flow.icfm import pair_noise, squared_errors
@@ -222,11 +222,11 @@ class QualitySchedule(Callback):
         self.ctx = ctx
 
     def on_fit_start(self, run) -> None:
-        run.printer(f"flow: {self.ctx.yardstick.describe()}")
+        run.print(f"flow: {self.ctx.yardstick.describe()}")
         gate = run.config.gate
         if gate.above or gate.below:
             goal = [f"{m} > {v}" for m, v in gate.above.items()] + [f"{m} < {v}" for m, v in gate.below.items()]
-            run.printer(f"flow goal (the gate): {' and '.join(goal)}; sample quality every {self.ctx.quality_every} epochs")
+            run.print(f"flow goal (the gate): {' and '.join(goal)}; sample quality every {self.ctx.quality_every} epochs")
 
     def on_epoch_start(self, run) -> None:
         self.ctx.epoch = run.state.epoch + 1

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from epochal.errors import ConfigError
-from epochal.tasks import Built, RunContext, Task
+from epochal.task import Built, RunContext, Task
 from epochal.tasks.regex.data import LabelledStrings, SplitSizes, make_splits
 from epochal.tasks.regex.dataset import Vocab, encode_split
 from epochal.tasks.regex.fsm import DFA, SUPPORTED_SYNTAX, PatternError, compile_regex
@@ -106,7 +106,7 @@ class RegexEvalContext:
 
 class RegexTask(Task):
     name = "regex"
-    summary = "transformer on a regular language: next token, prefix membership and DFA state (seed 003)"
+    summary = "transformer on a regular language: next token, prefix membership and DFA state"
     Config = RegexConfig
     metrics = ("val_token_acc", "val_nll", "val_class_acc", "val_state_acc", "val_string_acc")
     defaults = {

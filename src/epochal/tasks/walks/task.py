@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from epochal.errors import ConfigError
-from epochal.tasks import Built, RunContext, Task
+from epochal.task import Built, RunContext, Task
 from epochal.tasks.walks.compliance import evaluate_compliance
 from epochal.tasks.walks.corpus import build_corpus, save_corpus, save_graph
 from epochal.tasks.walks.dataset import WalkDataset

@@ -6,7 +6,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from epochal.records import json_line
+from epochal.run_folder import json_line
 
 
 @given(st.dictionaries(st.sampled_from(["step", "loss", "lr", "grad_norm"]),

@@ -7,9 +7,9 @@ results/<group>/<experiment_id>/
   history.jsonl   one object per optimizer step and per epoch, appended and flushed
   result.json     status, metrics, curves, gate metadata; replaced atomically
   checkpoints/    see checkpoint.py
-  metrics.json    -> result.json, and logs/history.jsonl -> ../history.jsonl: the names seed 003 gives
-                  them (its "final summary" and "per step/epoch" logs), as relative symbolic links, so
-                  that no data is kept twice and the names seed 001 gives still hold
+  metrics.json    -> result.json, and logs/history.jsonl -> ../history.jsonl: the other names these
+                  files are known by (a "final summary" and "per step/epoch" logs), as relative symbolic
+                  links, so that no data is kept twice and both names hold (the README maps them)
 
 What marks an epochal run folder (the only kind ``--overwrite`` or a restart
 ever empties): a folder whose ``config.toml`` is TOML with a ``[task]`` table
@@ -40,8 +40,8 @@ from epochal.lock import LOCK_NAME, FolderLock
 
 LOCK = LOCK_NAME
 CONFIG = "config.toml"
-# Seed 003's names for files a run folder has under seed 001's: link -> what it points at (relative).
-SEED_NAMES = {"metrics.json": "result.json", "logs/history.jsonl": "../history.jsonl"}
+# Other names of a run folder's files: link -> what it points at (relative).
+ALIASES = {"metrics.json": "result.json", "logs/history.jsonl": "../history.jsonl"}
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"  # in checkpoints/: see checkpoint.py
 # Longest experiment_id or group: room for suffixes and well under any file system's name limit.
@@ -273,7 +273,7 @@ class RunFolder:
     def _link_seed_names(self) -> None:
         """metrics.json and logs/history.jsonl, relative links to result.json and history.jsonl (which a
         replace by rename keeps them pointing at); where links cannot be made, the folder goes without."""
-        for link, target in SEED_NAMES.items():
+        for link, target in ALIASES.items():
             path = self.path / link
             if path.is_symlink() or path.exists():
                 continue

@@ -2,7 +2,7 @@
 
 import pytest
 
-from epochal.callbacks import run_record
+from epochal.callbacks import folder_writer
 
 SETTINGS = {"train.max_epochs": 6, "train.eval_every": 3, "checkpoint.every_epochs": 0}
 
@@ -21,6 +21,6 @@ def test_result_json_follows_evaluations_not_every_tiny_epoch(run_toy, written):
 @pytest.mark.parametrize("seconds, writes", [(0.0, 7), (1e9, 4)])
 def test_an_epoch_without_evaluation_rewrites_result_json_once_the_interval_has_passed(run_toy, written,
                                                                                       monkeypatch, seconds, writes):
-    monkeypatch.setattr(run_record, "RESULT_EVERY_SECONDS", seconds)
+    monkeypatch.setattr(folder_writer, "RESULT_EVERY_SECONDS", seconds)
     run_toy(settings=SETTINGS)
     assert result_writes(written) == writes

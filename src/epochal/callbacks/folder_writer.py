@@ -4,7 +4,7 @@ history.jsonl gets every per-step record at each log interval and one line per
 epoch; result.json is replaced (atomically) at the end, at each epoch end that
 evaluated, and at other epoch ends at most every ``RESULT_EVERY_SECONDS``: it holds
 every step's loss, so rewriting and fsyncing it after each of many tiny epochs
-would cost more than their steps (measured on a GPU: flow-seed's 62-step epochs
+would cost more than their steps (measured on a GPU: the flow-seed recipe's 62-step epochs
 take 16 ms with CUDA graphs). history.jsonl has every epoch's line meanwhile.
 """
 
@@ -17,7 +17,7 @@ from epochal.callbacks.base import Callback
 RESULT_EVERY_SECONDS = 10.0
 
 
-class RunRecord(Callback):
+class FolderWriter(Callback):
     def __init__(self):
         self.result_written: float | None = None  # monotonic clock of this attempt's last result.json
 
@@ -27,13 +27,12 @@ class RunRecord(Callback):
     def on_epoch_end(self, run) -> None:
         state = run.state
         evaluated = bool(state.eval_epochs) and state.eval_epochs[-1] == state.epoch
-        # Seed 003 5.5: train and validation loss, the accuracies (the metrics), lr at the epoch's end and the
-        # epoch's mean gradient norm on every epoch line; val_loss is null in an epoch without evaluation.
+        # Train and validation loss, the metrics, lr at the epoch's end and the epoch's mean gradient norm on
+        # every epoch line; val_loss is null in an epoch without evaluation.
         summary = {"epoch_end": True, "epoch": state.epoch, "step": state.step,
-                   "train_loss": state.epoch_train_loss(), "val_loss": run.val_loss if evaluated else None,
-                   "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": state.epoch_grad_norm(),
-                   "seconds": round(state.train_seconds, 3),
-                   "batch_order_sha256": run.batches.order_sha256(state.epoch - 1)}
+                   "train_loss": state.epoch_train_loss(), "val_loss": state.val_loss if evaluated else None,
+                   "lr": run.lr, "grad_norm": state.epoch_grad_norm(), "seconds": round(state.train_seconds, 3),
+                   "batch_order_sha256": run.data_order_sha256(state.epoch - 1)}
         run.folder.append_history([{**summary, **(state.metrics if evaluated else {})}])
         now = time.monotonic()
         if evaluated or self.result_written is None or now - self.result_written >= RESULT_EVERY_SECONDS:

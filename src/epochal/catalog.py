@@ -1,7 +1,7 @@
 """The built-in tasks as plain data: name, where the class lives, one-line summary.
 
 ``epochal tasks`` and ``--help`` read this table instead of importing the task
-modules, which would import torch (seconds). The registry in ``epochal.tasks``
+modules, which would import torch (seconds). The registry in ``epochal.task``
 is built from it, and a test checks each summary against its task class.
 """
 
@@ -23,7 +23,7 @@ BUILTIN_TASKS: dict[str, TaskEntry] = {
     ),
     "regex": TaskEntry(
         "epochal.tasks.regex.task:RegexTask",
-        "transformer on a regular language: next token, prefix membership and DFA state (seed 003)",
+        "transformer on a regular language: next token, prefix membership and DFA state",
     ),
     "flow": TaskEntry(
         "epochal.tasks.flow.task:FlowTask",
@@ -31,7 +31,7 @@ BUILTIN_TASKS: dict[str, TaskEntry] = {
     ),
     "scratch-mlp": TaskEntry(
         "epochal.scratch.task:ScratchMLPTask",
-        "NumPy MLP trained by the from-scratch AdamW reference trainer (seed 002)",
+        "NumPy MLP trained by the from-scratch AdamW reference trainer",
     ),
     "toy": TaskEntry(
         "epochal.tasks.toy:ToyTask",
