@@ -86,3 +86,20 @@ def test_a_reader_following_a_setting_to_the_step_enters_no_file_more_than_five_
                 entered[file] = entered.get(file, 0) + 1
         assert max(entered.values()) <= 5, (setting, entered, {name: stacks[name] for name in anchors.values()})
     assert stacks["clips"][:3] == ["api.py", "loop.py", "loop.py"], stacks["clips"]  # the loop, then the step
+
+
+def test_the_core_s_files_do_not_refer_to_the_seed_documents():
+    """What the seed documents ask belongs to the tasks and recipes; the core says what it does and why."""
+    import re
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    core = next(c for c in contracts if c["name"] == CORE_CONTRACT)["source_modules"]
+    reference = re.compile(r"\bseeds? 00\d|\bseed 00\d|§|\bseed's\b", re.IGNORECASE)
+    found = []
+    for module in core:
+        base = ROOT / "src" / Path(*module.split("."))
+        for path in ([base.with_suffix(".py")] if base.with_suffix(".py").exists() else sorted(base.rglob("*.py"))):
+            found += [f"{path.relative_to(ROOT)}:{n}" for n, line in enumerate(path.read_text().splitlines(), 1)
+                      if reference.search(line)]
+    assert len(core) > 30 and not found, found
