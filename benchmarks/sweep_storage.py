@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import secrets
 import statistics
 import tempfile
 import time
@@ -155,11 +156,12 @@ def trial_ms(storage: str | None, trials: int) -> float:
         spec = Path(folder) / "spec.toml"
         spec.write_text(SPEC.format(trials=trials))
         url = f"sqlite:///{folder}/optuna.db" if storage == "sqlite" else storage
-        code = start_sweep(spec, folder, "bench", storage=url, echo=lambda message: None)
+        sweep_id = f"bench-{secrets.token_hex(4)}"  # a study of its own in a shared database
+        code = start_sweep(spec, folder, sweep_id, storage=url, echo=lambda message: None)
         assert code == 0, f"the sweep ended with {code}"
-        study = open_worker(Path(folder) / "bench", url, echo=lambda message: None).study
+        study = open_worker(Path(folder) / sweep_id, url, echo=lambda message: None).study
         starts = sorted(t.datetime_start for t in study.get_trials(deepcopy=False))
-        runs = list((Path(folder) / "bench" / "runs").iterdir())
+        runs = list((Path(folder) / sweep_id / "runs").iterdir())
         assert len(runs) == trials and all(json.loads((r / "result.json").read_text())["status"] == "completed"
                                            for r in runs)
     return 1000 * (starts[-1] - starts[0]).total_seconds() / (trials - 1)
