@@ -507,3 +507,84 @@ def test_workers_per_gpu_without_a_gpu_is_refused_in_one_line(tmp_path, capsys):
     assert err == "epochal: error: --workers-per-gpu: no CUDA GPU is visible here; allowed here: --workers N"
     assert main(["sweep", str(spec), "--workers", "2", "--workers-per-gpu", "2"]) == 2
     assert "--workers and --workers-per-gpu both given" in capsys.readouterr().err
+
+
+# --- --launcher slurm, through submitit's local executor -------------------------------------------
+
+SLOW_TOY = '''
+import time
+
+from epochal.tasks.toy import ToyTask
+
+
+class SlowToy(ToyTask):
+    """The toy task at 50 ms a step (on the host: the numbers are the toy's), so a time limit falls mid-run."""
+
+    def loss(self, model, batch):
+        time.sleep(0.05)
+        return super().loss(model, batch)
+'''
+
+
+def test_a_job_array_worker_at_its_time_limit_saves_is_requeued_and_continues_its_run(tmp_path, monkeypatch,
+                                                                                        capsys):
+    pytest.importorskip("submitit", reason="the slurm extra")
+    from epochal import run as fit
+    from epochal.sweep import ClusterLaunch, start_sweep
+    from epochal.tasks.toy import ToyTask
+    from tests.conftest import quiet
+
+    write(tmp_path / "slowtoy.py", SLOW_TOY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), SRC, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    settings = {"train.max_epochs": 1, "task.n_train": 320 * 8, "train.batch_size": 8}
+    spec = write(tmp_path / "spec.toml", 'task = "slowtoy:SlowToy"\nmetric = "eval_mse"\n[space]\n"optim.lr" = [3e-3]\n'
+                 "[set]\n" + "".join(f'"{k}" = {v}\n' for k, v in settings.items()))
+    # Each job gets 30 s and the signal 15 s before its end: 15 s of imports and training (16 s to train), then
+    # a requeue.
+    launch = ClusterLaunch(time_minutes=0.5, signal_delay_s=15, cluster="local")
+    code = start_sweep(spec, tmp_path, "array", workers=1, cluster=launch, echo=lambda m: None)
+    sweep_dir = tmp_path / "array"
+    summary = json.loads((sweep_dir / "sweep.json").read_text())
+    assert code == 0 and summary["state"] == "finished" and summary["counts"]["completed"] == 1, summary
+    (run_dir,) = run_folders(sweep_dir).values()
+    starts = [s["from_step"] for s in trial_record(run_dir)["starts"]]
+    # Interrupted at least once, and each job went on from the step the previous one saved.
+    assert len(starts) >= 2 and starts[0] == 0 and starts == sorted(set(starts)), starts
+    interrupted = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    steps = [e["step"] for e in interrupted if "train_loss" in e and "epoch_end" not in e]
+    assert steps == sorted(set(steps)), "no step trained twice"
+    # The same numbers as the run never interrupted.
+    config = tomllib.loads((run_dir / "config.toml").read_text())
+    config["task"]["name"] = "toy"  # the same numbers without the sleep
+    reference = fit(ToyTask(), config, out_dir=tmp_path, experiment_id="ref", log=quiet)
+    assert result(run_dir)["steps"] == 320
+    assert result(run_dir)["curves"]["train_loss"] == reference.result["curves"]["train_loss"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--partition", "gpu"], "--partition is a SLURM job setting; allowed only with --launcher slurm"),
+    (["--time", "1:00:00", "--gpus-per-worker", "1"], "--gpus-per-worker and --time are SLURM job settings"),
+    (["--launcher", "slurm", "--time", "4h"], "--time '4h': not a time limit; allowed: MINUTES, HH:MM:SS"),
+    (["--launcher", "slurm", "--time", "1:75:00"], "--time '1:75:00': not a time limit"),
+])
+def test_slurm_settings_are_checked_in_one_line(tmp_path, capsys, args, fragment):
+    spec = write(tmp_path / "spec.toml", 'task = "toy"\nmetric = "eval_mse"\n[space]\n"optim.lr" = [1e-3]')
+    code, _, err = cli(capsys, "sweep", spec, "--out", tmp_path, *args)
+    assert code == 2 and fragment in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == [spec]
+
+
+def test_slurm_launcher_without_submitit_names_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    spec = write(tmp_path / "spec.toml", 'task = "toy"\nmetric = "eval_mse"\n[space]\n"optim.lr" = [1e-3]')
+    code, _, err = cli(capsys, "sweep", spec, "--out", tmp_path, "--launcher", "slurm")
+    assert code == 1 and err.strip() == ("epochal: error: --launcher slurm needs submitit, which is not installed; "
+                                         "pip install 'epochal[slurm]'")
+
+
+def test_slurm_time_limits_read_as_slurm_reads_them():
+    from epochal.sweep.launcher import parse_time
+
+    assert [parse_time(t) for t in ("90", "4:00:00", "0:00:30", "1-02:00:00")] == [90, 240, 0.5, 26 * 60]

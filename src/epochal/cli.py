@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--storage", metavar="URL",
                        help="SQLAlchemy URL of a shared database (postgresql://...); default: a journal file "
                             "in the sweep folder")
+    sweep.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                       help="local: worker processes on this machine; slurm: the workers as one SLURM job array "
+                            "(submitit), requeued at the time limit, each continuing from its checkpoint")
+    sweep.add_argument("--partition", help="--launcher slurm: the SLURM partition (default: the cluster's)")
+    sweep.add_argument("--gpus-per-worker", type=int, metavar="G", help="--launcher slurm: GPUs per worker (default 0)")
+    sweep.add_argument("--time", metavar="LIMIT", help="--launcher slurm: each job's time limit, MINUTES, HH:MM:SS or "
+                                                       "D-HH:MM:SS (default 4:00:00); a job that reaches it is requeued")
     sweep.add_argument("--out", default="results", help="where the sweep folder goes (default: results)")
     sweep.add_argument("--id", dest="sweep_id", help="sweep folder name (default: <spec name>-<time>-<hex>); "
                                                      "the same id and --storage on another machine joins it")
@@ -318,9 +325,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers_per_gpu is not None:
         raise ConfigError("sweep: --workers and --workers-per-gpu both given; allowed: one of them")
     workers = 1 if args.workers is None else args.workers
+    cluster = _cluster_launch(args)
     if args.resume:
-        return resume_sweep(args.resume, workers, args.storage, workers_per_gpu=args.workers_per_gpu)
-    return start_sweep(args.spec, args.out, args.sweep_id, workers, args.storage, workers_per_gpu=args.workers_per_gpu)
+        return resume_sweep(args.resume, workers, args.storage, workers_per_gpu=args.workers_per_gpu, cluster=cluster)
+    return start_sweep(args.spec, args.out, args.sweep_id, workers, args.storage, workers_per_gpu=args.workers_per_gpu,
+                       cluster=cluster)
+
+
+def _cluster_launch(args: argparse.Namespace):
+    """--launcher slurm's job settings, or None; those settings without it are refused."""
+    from epochal.sweep.launcher import ClusterLaunch, parse_time, require_submitit
+
+    given = [flag for flag, value in (("--partition", args.partition), ("--gpus-per-worker", args.gpus_per_worker),
+                                      ("--time", args.time)) if value is not None]
+    if args.launcher == "local":
+        if given:
+            what = "is a SLURM job setting" if len(given) == 1 else "are SLURM job settings"
+            raise ConfigError(f"sweep: {' and '.join(given)} {what}; allowed only with --launcher slurm")
+        return None
+    if args.workers_per_gpu is not None:
+        raise ConfigError("sweep: --workers-per-gpu with --launcher slurm; allowed: --workers N --gpus-per-worker G")
+    if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
+        raise ConfigError(f"--gpus-per-worker: {args.gpus_per_worker} is negative; allowed: >= 0")
+    launch = ClusterLaunch(partition=args.partition, gpus_per_worker=args.gpus_per_worker or 0)
+    if args.time is not None:
+        launch.time_minutes = parse_time(args.time)
+    require_submitit()
+    return launch
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -34,12 +34,13 @@ from epochal.io import atomic_write_text
 from epochal.config import load_toml
 from epochal.errors import ConfigError, EpochalError
 from epochal.signals import PREEMPTED_EXIT_CODE
+from epochal.sweep.launcher import ClusterLaunch, run_job_array
 from epochal.sweep.spec import SweepSpec, base_config, load_spec, load_task, parse_spec
 from epochal.sweep.store import JOURNAL, masked, open_storage, reclaim, require_optuna
 from epochal.sweep.summary import read_summary, write_summary
 from epochal.sweep.worker import STORAGE_ENV, open_worker, pending
 
-__all__ = ["resume_sweep", "start_sweep", "SweepSpec", "load_spec"]
+__all__ = ["resume_sweep", "start_sweep", "ClusterLaunch", "SweepSpec", "load_spec"]
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -64,8 +65,9 @@ def check_workers(workers: int) -> int:
 
 def start_sweep(spec_path: str | Path, out_dir: str | Path = "results", sweep_id: str | None = None,
                 workers: int = 1, storage: str | None = None, echo: Callable[[str], None] = print,
-                workers_per_gpu: int | None = None) -> int:
-    """Start a sweep, or join one of the same id and spec (another machine, the same --storage)."""
+                workers_per_gpu: int | None = None, cluster: ClusterLaunch | None = None) -> int:
+    """Start a sweep, or join one of the same id and spec (another machine, the same --storage).
+    ``cluster``: the workers go to a cluster as one job array (launcher.py) instead of this machine."""
     workers = workers_for_gpus(workers_per_gpu) if workers_per_gpu is not None else check_workers(workers)
     require_optuna()
     spec_path = Path(spec_path)
@@ -91,11 +93,12 @@ def start_sweep(spec_path: str | Path, out_dir: str | Path = "results", sweep_id
         atomic_write_text(sweep_dir / "sweep.json", json.dumps(
             {"sweep": sweep_dir.name, "state": "starting", "study": sweep_dir.name, "storage": masked(storage),
              "created": created}, indent=1) + "\n")
-    return _drive(sweep_dir, spec, workers, storage, echo, workers_per_gpu)
+    return _drive(sweep_dir, spec, workers, storage, echo, workers_per_gpu, cluster)
 
 
 def resume_sweep(sweep_dir: str | Path, workers: int = 1, storage: str | None = None,
-                 echo: Callable[[str], None] = print, workers_per_gpu: int | None = None) -> int:
+                 echo: Callable[[str], None] = print, workers_per_gpu: int | None = None,
+                 cluster: ClusterLaunch | None = None) -> int:
     """Continue a sweep: finished points are kept, interrupted ones continue from their runs' checkpoints."""
     workers = workers_for_gpus(workers_per_gpu) if workers_per_gpu is not None else check_workers(workers)
     require_optuna()
@@ -112,11 +115,11 @@ def resume_sweep(sweep_dir: str | Path, workers: int = 1, storage: str | None = 
         storage = stored
     spec = parse_spec(load_toml(sweep_dir / "spec.toml"))
     load_task(spec.task)
-    return _drive(sweep_dir, spec, workers, storage, echo, workers_per_gpu)
+    return _drive(sweep_dir, spec, workers, storage, echo, workers_per_gpu, cluster)
 
 
 def _drive(sweep_dir: Path, spec: SweepSpec, workers: int, storage_url: str | None,
-           echo: Callable[[str], None], per_gpu: int | None = None) -> int:
+           echo: Callable[[str], None], per_gpu: int | None = None, cluster: ClusterLaunch | None = None) -> int:
     optuna = require_optuna()
     storage = open_storage(storage_url, sweep_dir)
     study = optuna.create_study(study_name=read_summary(sweep_dir).get("study", sweep_dir.name), storage=storage,
@@ -128,7 +131,9 @@ def _drive(sweep_dir: Path, spec: SweepSpec, workers: int, storage_url: str | No
     echo(f"sweep {sweep_dir}: {spec.method}, {spec.points} points x {len(spec.seeds)} seeds, {workers} worker(s), "
          f"storage {masked(storage_url)}")
     write_summary(sweep_dir, study, spec)
-    if workers == 1 and per_gpu is None:
+    if cluster is not None:
+        code = run_job_array(sweep_dir, workers, storage_url, cluster, echo)
+    elif workers == 1 and per_gpu is None:
         code = open_worker(sweep_dir, storage_url, echo).work()
     else:
         code = _run_processes(sweep_dir, workers, storage_url, per_gpu)

@@ -243,7 +243,9 @@ def recipe_layer(recipe: str, task: Task, spec_dir: Path) -> dict:
 def base_config(spec: SweepSpec, task: Task, spec_dir: Path) -> RunConfig:
     """The config every trial starts from: task defaults <- recipe <- [set]. Checks the space's keys too."""
     layer = recipe_layer(spec.recipe, task, spec_dir)
-    _, config = resolve_config(task, layer, spec.set)
+    # A trial's PNGs cost more than a small trial's training (about 0.4 s on a busy CPU) and the sweep report
+    # draws every point's curves; `epochal report RUN` draws one trial's, and [set] "log.plots" = true keeps them.
+    _, config = resolve_config(task, layer, {"log.plots": False, **spec.set})
     declared = tuple(getattr(task, "metrics", ()))
     if declared and spec.metric not in declared:
         raise ConfigError(f"spec.metric: {spec.metric!r} is not a metric of task {task.name!r}; "

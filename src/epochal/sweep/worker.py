@@ -40,6 +40,7 @@ from epochal.sweep.store import open_storage, reclaim, require_optuna, retried_n
 FINAL = ("completed", "gate_failed", "failed", "pruned")
 WAIT_SECONDS = 0.5  # how often a duplicate trial looks at a run folder another worker is training
 STORAGE_ENV = "EPOCHAL_SWEEP_STORAGE"  # the storage URL reaches workers here, not on the process list
+SUMMARY_EVERY_SECONDS = 2.0  # sweep.json is rewritten whole (every point): after a trial at most this often
 SIGNAL_ENV = "EPOCHAL_SWEEP_SIGNAL_AT"  # test hook "RUN:STEP[:SIGNAL]": signal the whole sweep there (KILL)
 
 
@@ -128,6 +129,7 @@ class Worker:
     signal_at: tuple[int, int, int] | None = None  # test hook: (run, step, signal)
     interrupted: set[int] = field(default_factory=set)  # trials a signal stopped here: retried after they end
     log_file: Any = field(default=None, repr=False)
+    summary_due: float = 0.0  # monotonic time after which a finished trial rewrites sweep.json
 
     @property
     def runs_dir(self) -> Path:
@@ -147,6 +149,7 @@ class Worker:
             while self.signal_received is None and pending(self.study, self.spec):
                 self.study.optimize(self.objective, catch=(TrialEnded,), callbacks=[self.after_trial],
                                     gc_after_trial=False)
+            self.write_summary()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -161,11 +164,18 @@ class Worker:
         if trial.number in self.interrupted:
             retry_callback()(study, trial)
         reclaim(study, self.storage)
-        from epochal.sweep.summary import write_summary
-
-        write_summary(self.sweep_dir, study, self.spec)
+        if time.monotonic() >= self.summary_due:
+            self.write_summary()
         if self.signal_received is not None or not pending(study, self.spec):
             study.stop()
+
+    def write_summary(self) -> None:
+        """sweep.json from the study. Not after every trial: on 200 small trials, rewriting it each time was
+        about a fifth of their bookkeeping (benchmarks/sweep_storage.py)."""
+        from epochal.sweep.summary import write_summary
+
+        write_summary(self.sweep_dir, self.study, self.spec)
+        self.summary_due = time.monotonic() + SUMMARY_EVERY_SECONDS
 
     # -------------------------------------------------------------- one trial
     def objective(self, trial) -> float:
