@@ -22,6 +22,9 @@ SMALL = {"task.n_vertices": 32, "task.num_walks": 200, "task.eval_sequences": 40
          "task.context": 16, "task.d_model": 32, "task.rule_distance": 3, "train.batch_size": 16,
          "train.max_steps": 12, "train.log_every": 4, "checkpoint.every_steps": 4, "gate.above": {},
          "log.plots": False, "train.progress": False}  # 10 steps an epoch: the budget ends in epoch 2
+REGEX = {"task.n_train": 256, "task.n_val": 64, "task.n_test": 64, "task.n_test_ood": 32, "task.d_model": 16,
+         "task.d_ff": 32, "train.batch_size": 32, "train.max_steps": 6, "train.log_every": 3,
+         "early_stop.enabled": False, "log.plots": False, "train.progress": False}  # (sum, count) losses
 FSDP = {**SMALL, "train.parallel": "fsdp", "ema.enabled": True, "ema.decay": 0.9}
 
 
@@ -36,6 +39,9 @@ def sharded(tmp_path_factory):
             walks("accum", out, **{"train.grad_accum": 2}),
             walks("recompute", out, **{"train.activation_checkpointing": True}),
             walks("bf16", out, **{"train.precision": "bf16"}),
+            walks("guarded", out, **{"train.nan_policy": "skip"}),  # the fused optimizer's found_inf on shards
+            *({"id": f"regex-{accum}", "out": str(out), "task": "regex",
+               "settings": {**REGEX, "train.parallel": "fsdp", "train.grad_accum": accum}} for accum in (1, 2)),
             {"out": str(out), "shards": {**FSDP, "task.n_layers": 4}}]
     launcher = Launch()
     try:
@@ -60,11 +66,19 @@ def test_sharded_training_matches_ddp_and_its_own_variants(sharded):
     assert torch.allclose(fsdp, losses(sharded / "accum"), rtol=1e-5, atol=0)
     # Recomputing the blocks' activations computes the same numbers.
     assert torch.allclose(fsdp, losses(sharded / "recompute"), rtol=1e-6, atol=0)
+    assert torch.allclose(fsdp, losses(sharded / "guarded"), rtol=1e-6, atol=0)
     bf16 = losses(sharded / "bf16")
     assert torch.isfinite(bf16).all() and not torch.equal(bf16, fsdp)
     assert torch.allclose(bf16, fsdp, rtol=3e-2, atol=0)
     result = json.loads((sharded / "fsdp" / "result.json").read_text())
     assert result["status"] == "completed" and set(result["metrics"]) >= {"edge_compliance", "rule_compliance"}
+
+
+@pytest.mark.slow
+def test_a_sum_count_loss_accumulated_over_shards_is_the_whole_batchs(sharded):
+    whole, accumulated = losses(sharded / "regex-1"), losses(sharded / "regex-2")
+    assert len(whole) == 6 and whole[-1] < whole[0]
+    assert torch.allclose(whole, accumulated, rtol=1e-5, atol=0)
 
 
 @pytest.mark.slow
