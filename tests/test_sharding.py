@@ -42,6 +42,7 @@ def sharded(tmp_path_factory):
             walks("guarded", out, **{"train.nan_policy": "skip"}),  # the fused optimizer's found_inf on shards
             *({"id": f"regex-{accum}", "out": str(out), "task": "regex",
                "settings": {**REGEX, "train.parallel": "fsdp", "train.grad_accum": accum}} for accum in (1, 2)),
+            {"id": "loader", "out": str(out), "loader": True, "train": {"parallel": "fsdp", "fsdp_modules": ["Linear"]}},
             {"out": str(out), "shards": {**FSDP, "task.n_layers": 4}}]
     launcher = Launch()
     try:
@@ -79,6 +80,15 @@ def test_a_sum_count_loss_accumulated_over_shards_is_the_whole_batchs(sharded):
     whole, accumulated = losses(sharded / "regex-1"), losses(sharded / "regex-2")
     assert len(whole) == 6 and whole[-1] < whole[0]
     assert torch.allclose(whole, accumulated, rtol=1e-5, atol=0)
+
+
+@pytest.mark.slow
+def test_a_users_model_shards_through_epochal_fit(sharded, tmp_path):
+    from ddp_runs import loader_run
+
+    alone = loader_run(str(tmp_path), "loader")  # the same model, DataLoader and (sum, count) loss, one process
+    assert len(losses(alone.run_dir)) == 12
+    assert torch.allclose(losses(sharded / "loader"), losses(alone.run_dir), rtol=1e-5, atol=0)
 
 
 @pytest.mark.slow

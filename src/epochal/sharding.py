@@ -107,14 +107,19 @@ def full(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def _options(**extra):
+def _options(saving: bool):
+    """Whole tensors held by rank 0 alone, in host memory, when saving (as a DDP run's rank 0 holds them); when
+    loading, rank 0's sent to every rank (each rank cuts its shard), so the others' copies are never read."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, **extra)
+    if saving:
+        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
 
 
 class ModelState:
-    """The sharded model's state as whole tensors under the model's own names (what a DDP run saves), and back."""
+    """The sharded model's state as whole tensors under the model's own names (what a DDP run saves), on rank 0
+    (empty elsewhere), and back from rank 0's."""
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -122,16 +127,17 @@ class ModelState:
     def state_dict(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        return get_model_state_dict(self.model, options=_options())
+        return get_model_state_dict(self.model, options=_options(saving=True))
 
     def load_state_dict(self, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-        set_model_state_dict(self.model, state, options=_options())
+        set_model_state_dict(self.model, state, options=_options(saving=False))
 
 
 class OptimizerState:
-    """The optimizer's state of a sharded model as whole tensors keyed by parameter name, and back."""
+    """The optimizer's state of a sharded model as whole tensors keyed by parameter name, on rank 0 (empty
+    elsewhere), and back from rank 0's."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
         self.model, self.optimizer = model, optimizer
@@ -139,12 +145,12 @@ class OptimizerState:
     def state_dict(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        return get_optimizer_state_dict(self.model, self.optimizer, options=_options())
+        return get_optimizer_state_dict(self.model, self.optimizer, options=_options(saving=True))
 
     def load_state_dict(self, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-        set_optimizer_state_dict(self.model, self.optimizer, state, options=_options())
+        set_optimizer_state_dict(self.model, self.optimizer, state, options=_options(saving=False))
 
 
 class GatheredState:

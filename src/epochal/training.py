@@ -346,7 +346,7 @@ class Run:
             save_weights(path, weights)
 
     def whole_weights(self) -> dict[str, torch.Tensor]:
-        """The model's state_dict with whole tensors (sharded, a collective every rank makes)."""
+        """The model's state_dict with whole tensors (sharded: a collective every rank makes; rank 0 gets them)."""
         return ModelState(self.model).state_dict() if self.sharded else self.model.state_dict()
 
     def result(self) -> dict:
