@@ -242,7 +242,8 @@ class Run:
             restore_rng(rng)
 
     def evaluate(self) -> dict[str, float]:
-        """The task's metrics; under torchrun rank 0 evaluates and every rank gets its values."""
+        """The task's metrics; under torchrun rank 0 evaluates (sharded: every rank, each forward needs every
+        shard) and every rank gets rank 0's values."""
         metrics = self.world.broadcast(self._measure()) if self.sharded else self.world.from_main(self._measure)
         self.state.metrics = metrics
         for name, value in metrics.items():
