@@ -1,8 +1,11 @@
 """Several runs in one torchrun launch (a launch costs seconds): ``torchrun ... tests/ddp_runs.py SPEC.json``.
 
-SPEC lists runs: {"id", "out", "settings", "resume", "env"} trains the toy task through ``epochal.run`` (with
-"env" set in the environment for that run only);
-{"id", "out", "loader": true} trains a small model through ``epochal.fit`` on a shuffling DataLoader.
+SPEC lists runs: {"id", "out", "settings", "resume", "env", "task"} trains a task (the toy task unless "task" names
+another) through ``epochal.run`` (with "env" set in the environment for that run only);
+{"id", "out", "loader": true, "train"} trains a small model through ``epochal.fit`` on a shuffling DataLoader (with
+"train" as more [train] settings);
+{"out", "shards": SETTINGS} shards the walks task's model (after a run: the group is up) and writes each rank's
+parameter count to shards-RANK.json in "out".
 Exits 0 when every run completed. test_ddp.py also calls ``loader_run`` in one process.
 """
 
@@ -27,8 +30,9 @@ def squared_error(model, batch):
     return error[counted].sum(), counted.sum()
 
 
-def loader_run(out: str, run_id: str) -> epochal.Result:
-    """A user's model and DataLoader (global batch 16) through epochal.fit, with a (sum, count) loss."""
+def loader_run(out: str, run_id: str, train: dict | None = None) -> epochal.Result:
+    """A user's model and DataLoader (global batch 16) through epochal.fit, with a (sum, count) loss; ``train``:
+    more [train] settings."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(96, 8, generator=generator)
     y = x @ torch.randn(8, 2, generator=generator)
@@ -37,19 +41,38 @@ def loader_run(out: str, run_id: str) -> epochal.Result:
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
     return epochal.fit(model, loader, squared_error, out_dir=out,
                        experiment_id=run_id, resume="never", log=quiet,
-                       config={"train": {"max_epochs": 2, "log_every": 4, "progress": False}, "log": {"plots": False}})
+                       config={"train": {"max_epochs": 2, "log_every": 4, "progress": False, **(train or {})},
+                               "log": {"plots": False}})
+
+
+def count_shards(out: str, settings: dict) -> None:
+    from pathlib import Path
+
+    from epochal.resolve import resolve_config
+    from epochal.sharding import local_parameter_count, shard
+    from epochal.tasks.walks.model import TransformerLM
+
+    _, config = resolve_config("walks", None, settings)
+    task = config.task
+    model = TransformerLM(task.n_vertices, task.context, task.d_model, task.n_layers, task.n_heads)
+    whole = sum(p.numel() for p in model.parameters())
+    held = local_parameter_count(shard(model, config.train))
+    Path(out, f"shards-{os.environ['RANK']}.json").write_text(json.dumps({"whole": whole, "held": held}))
 
 
 def main(spec_path: str) -> int:
     log = print if os.environ.get("RANK", "0") == "0" else quiet
     failed = 0
     for item in json.loads(open(spec_path).read()):
+        if item.get("shards"):
+            count_shards(item["out"], item["shards"])
+            continue
         if item.get("loader"):
-            result = loader_run(item["out"], item["id"])
+            result = loader_run(item["out"], item["id"], item.get("train"))
         else:
             os.environ.update(item.get("env", {}))  # a fault hook for this run alone
             try:
-                result = epochal.run("toy", overrides=item["settings"], out_dir=item["out"], experiment_id=item["id"],
+                result = epochal.run(item.get("task", "toy"), overrides=item["settings"], out_dir=item["out"], experiment_id=item["id"],
                                      resume=item.get("resume", "never"), log=log)
             finally:
                 for name in item.get("env", {}):

@@ -26,6 +26,7 @@ from epochal.loop import train
 from epochal.lock import LockHeld
 from epochal.run_folder import RunFolder, check_run_names, default_run_id
 from epochal.resolve import resolve_config
+from epochal.sharding import check_world
 from epochal.training import Training
 from epochal.signals import PREEMPTED_EXIT_CODE, Interrupted, PreemptionSignals
 from epochal.status import COMPLETED, FINISHED, GATE_FAILED, GATE_FAILED_EXIT_CODE, gate_failure_line, status_of
@@ -120,6 +121,7 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
     device = world.join(device)
     if config.train.precision == "amp":  # resolved once, here: config.toml and the checkpoints record which
         config.train.precision = amp_precision(device)
+    check_world(config.train, world.size, device)
     with PreemptionSignals(agreed=world.size > 1) as signals, contextlib.ExitStack() as stack:
         config.experiment_id = world.broadcast(config.experiment_id)  # rank 0's, drawn or renamed above
         folder = RunFolder(config.run_dir, writes=world.main)
@@ -297,7 +299,7 @@ def _prepare(task: Task, config: RunConfig, folder: RunFolder, callbacks: list[C
         run = Training(task, config, folder, built, context, callbacks, signals, log, world)
         if world.rank:  # each rank draws its own random numbers (dropout); rank 0 as a single process would
             seed_everything(config.train.seed + 1_000_003 * world.rank, config.train.deterministic)
-        origin = {"initial_weights_sha256": tensors_sha256(run.model.state_dict()), "init": init,
+        origin = {"initial_weights_sha256": tensors_sha256(run.whole_weights()), "init": init,
                   "data": run.batches.describe(), "startup_warnings": warnings}
         return run, origin
     except ConfigError:

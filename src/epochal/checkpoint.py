@@ -88,9 +88,9 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None
     atomic_write_bytes(path, safetensors.torch.save(tensors))
 
 
-def save_weights(path: Path, model: torch.nn.Module) -> None:
-    """A model's tensors as safetensors (model.safetensors): data only, readable by any framework."""
-    save_safetensors({name: value.contiguous() for name, value in to_cpu(model.state_dict()).items()}, path)
+def save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
+    """A model's tensors (its state_dict) as safetensors (model.safetensors): data only, readable by any framework."""
+    save_safetensors({name: value.contiguous() for name, value in to_cpu(weights).items()}, path)
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:

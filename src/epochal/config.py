@@ -59,6 +59,10 @@ class TrainConfig:
     cuda_graphs: bool = False  # capture the whole step (forward, backward, optimizer) in one CUDA graph and replay it: removes the launch overhead that bounds small models on a GPU; needs fixed batch shapes
     matmul_precision: Literal["highest", "high", "medium"] = "highest"  # float32 matmuls: highest is true fp32; high allows TF32 (about 1e-3 relative error, much faster on Ampere and later); --deterministic forces highest
     progress: bool = True  # tqdm bar per epoch
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: ddp keeps a whole model on every process; fsdp shards parameters, gradients and optimizer state over them (FSDP2), for models that do not fit on one device
+    fsdp_modules: list[str] = field(default_factory=list)  # fsdp: class names of the modules sharded each on its own (a transformer's block), so only one block's parameters are gathered at a time; the built-in transformer tasks name theirs; empty: the whole model as one unit
+    fsdp_cpu_offload: bool = False  # fsdp on CUDA: keep the shards and optimizer state in host memory between uses (slower steps, far less GPU memory)
+    activation_checkpointing: bool = False  # fsdp: recompute each fsdp_modules block's activations in the backward instead of keeping them (less memory, about a third more compute)
     expected_gpus: list[str] = field(default_factory=list)  # GPU models this recipe was tuned on: warn on others
     expected_cuda_visible_devices: str = ""  # the CUDA_VISIBLE_DEVICES it expects (e.g. "1"); empty: any
 
@@ -83,6 +87,15 @@ class TrainConfig:
         if self.cuda_graphs and self.compile == "reduce-overhead":
             raise ConfigError("train.cuda_graphs: reduce-overhead compiles CUDA graphs of its own; allowed with "
                               "train.cuda_graphs = true: train.compile = off, default or max-autotune")
+        if self.parallel == "fsdp" and self.cuda_graphs:
+            raise ConfigError("train.cuda_graphs: a captured step cannot hold FSDP's gathers and frees; allowed with "
+                              "train.parallel = 'fsdp': train.cuda_graphs = false")
+        if self.parallel == "fsdp" and self.microbatch == "auto":
+            raise ConfigError("train.microbatch: 'auto' retries a step with gradients averaged as DDP does, not as "
+                              "FSDP reduces its shards; allowed with train.parallel = 'fsdp': off")
+        if self.activation_checkpointing and (self.parallel != "fsdp" or not self.fsdp_modules):
+            raise ConfigError("train.activation_checkpointing: recomputes the train.fsdp_modules blocks; allowed: "
+                              "with train.parallel = 'fsdp' and train.fsdp_modules naming the blocks")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device: {self.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N")
 

@@ -81,10 +81,15 @@ class World:
         self.backend = dist.get_backend()
         return device
 
-    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        """The module the step trains through: DistributedDataParallel, or the model itself alone."""
+    def wrap(self, model: torch.nn.Module, device: torch.device, train=None) -> torch.nn.Module:
+        """The module the step trains through: DistributedDataParallel, the model sharded in place
+        (train.parallel = "fsdp", sharding.py), or the model itself alone."""
         if self.size == 1:
             return model
+        if train is not None and train.parallel == "fsdp":
+            from epochal.sharding import shard
+
+            return shard(model, train)
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

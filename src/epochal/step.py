@@ -19,6 +19,7 @@ from epochal import faults
 from epochal.compiling import CompileWatch
 from epochal.distributed import ALONE, World
 from epochal.errors import ConfigError
+from epochal.sharding import full
 from epochal.tree import batch_size, split
 
 LossFn = Callable[[nn.Module, Any], Any]
@@ -282,7 +283,9 @@ class Step:
         return parts
 
     def _clip(self) -> torch.Tensor:
+        """The global gradient norm (clipped to grad_clip when set). Of sharded gradients (FSDP) it is a sharded
+        value: its whole, the same on every rank, is what is recorded and guarded."""
         if self.grad_clip > 0:
-            return torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+            return full(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True))
         grads = [p.grad for p in self.params if p.grad is not None]
-        return torch.nn.utils.get_total_norm(grads, foreach=True)
+        return full(torch.nn.utils.get_total_norm(grads, foreach=True))

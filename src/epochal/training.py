@@ -34,6 +34,7 @@ from epochal.graphs import CapturedStep, check_capturable, check_fixed_shapes
 from epochal.optim import build_adamw, make_schedule, resolve_warmup_steps
 from epochal.run_folder import RunFolder
 from epochal.registry import StateRegistry
+from epochal.sharding import GatheredState, ModelState, OptimizerState, gathered, no_sync
 from epochal.signals import PreemptionSignals
 from epochal.state import TrainState, capture_rng, restore_rng
 from epochal.step import Step, StepRecords, autocast, nonfinite_guard
@@ -56,7 +57,9 @@ class Training:
         self.device, self.eval_context = device, built.eval_context
         self.signals = signals  # the preemption signals received (a test may set one as a scheduler would)
         self.model = built.model.to(device)
-        trained = world.wrap(self.model, device)  # DistributedDataParallel under torchrun
+        trained = world.wrap(self.model, device, train)  # DistributedDataParallel or FSDP under torchrun
+        # Sharded (sharding.py): every rank evaluates, tests and exports, since a forward needs every shard.
+        self.sharded = world.size > 1 and train.parallel == "fsdp"
         self.batches = make_batches(built.train_data, device, train.batch_size, train.seed, train.drop_last,
                                     train.num_workers, world)
         self.batches.follow(lambda: (self.state.epoch, self.state.batch_in_epoch))  # a stream saves what was trained
@@ -73,7 +76,8 @@ class Training:
         self.device_step = Step(trained, compile_loss(task.loss, train.compile) if compiled else task.loss,
                                 self.optimizer, self.scheduler, device, train.precision, train.grad_clip,
                                 train.grad_accum, guarded, getattr(task, "prepare_batch", None), world,
-                                getattr(trained, "no_sync", None), CompileWatch(train.compile) if compiled else None)
+                                no_sync(trained) if self.sharded else getattr(trained, "no_sync", None),
+                                CompileWatch(train.compile) if compiled else None)
         # Under torchrun the ranks agree every step whether one ran out of memory (one small all-reduce).
         self.device_step.agree_memory = train.microbatch == "auto" and world.size > 1
         self.rng_before_step: dict | None = None  # train.microbatch = "auto": what a retried step draws again
@@ -102,8 +106,9 @@ class Training:
 
     def _register(self) -> StateRegistry:
         registry = StateRegistry()
-        registry.register("model", self.model, weights=True)
-        registry.register("optimizer", self.optimizer)
+        sharded = self.sharded
+        registry.register("model", ModelState(self.model) if sharded else self.model, weights=True)
+        registry.register("optimizer", OptimizerState(self.model, self.optimizer) if sharded else self.optimizer)
         registry.register("scheduler", self.scheduler)
         if self.device_step.scaler is not None:
             registry.register("scaler", self.device_step.scaler)
@@ -112,7 +117,8 @@ class Training:
         registry.register("rng", RanksRNG(self.world))
         for callback in self.callbacks:
             if callback.key:
-                registry.register(callback.key, callback, weights=provides_weights(callback))
+                registry.register(callback.key, GatheredState(callback) if sharded else callback,
+                                  weights=provides_weights(callback))
         return registry
 
     # ---------------------------------------------------------------- budget
@@ -226,6 +232,8 @@ class Training:
                     swap = callback.eval_weights(self.model)
                     if swap is not None:
                         stack.enter_context(swap)
+                if self.sharded:
+                    stack.enter_context(gathered(self.model))
                 stack.enter_context(torch.no_grad())
                 stack.enter_context(autocast(self.device, self.config.train.precision))
                 yield self.model
@@ -234,8 +242,9 @@ class Training:
             restore_rng(rng)
 
     def evaluate(self) -> dict[str, float]:
-        """The task's metrics; under torchrun rank 0 evaluates and every rank gets its values."""
-        metrics = self.world.from_main(self._measure)
+        """The task's metrics; under torchrun rank 0 evaluates (sharded: every rank, each forward needs every
+        shard) and every rank gets rank 0's values."""
+        metrics = self.world.broadcast(self._measure()) if self.sharded else self.world.from_main(self._measure)
         self.state.metrics = metrics
         for name, value in metrics.items():
             self.state.curves.setdefault(name, []).append(value)
@@ -253,7 +262,7 @@ class Training:
 
     def test(self) -> dict | None:
         """The task's test metrics on the last weights and, if kept, on best.pt's; rank 0's."""
-        if not self.world.main:
+        if not self.world.main and not self.sharded:
             return None
         with self.evaluating() as model:
             last = self.task.test(model, self.eval_context)
@@ -263,7 +272,7 @@ class Training:
         if any(entry["file"] == LINKS["best"] for entry in self.store.manifest()):
             with self.evaluating(self.store.load_states(LINKS["best"])) as model:
                 tested["best"] = self.task.test(model, self.eval_context)
-        return tested
+        return tested if self.world.main else None
 
     # ----------------------------------------------------------- checkpoints
     def save(self, saves: list[Save]) -> None:
@@ -333,14 +342,24 @@ class Training:
     # ---------------------------------------------------------------- result
     def export_weights(self) -> None:
         """model.safetensors, and model_<key>.safetensors for each callback's evaluation weights (EMA)."""
-        if not self.world.main:
+        if not self.world.main and not self.sharded:
             return
         folder = self.store.folder
-        save_weights(folder / "model.safetensors", self.model)
+        self._export(folder / "model.safetensors")
         for callback in self.callbacks:
             if provides_weights(callback):
                 with callback.eval_weights(self.model):
-                    save_weights(folder / f"model_{callback.key}.safetensors", self.model)
+                    self._export(folder / f"model_{callback.key}.safetensors")
+
+    def _export(self, path) -> None:
+        """The model's weights as safetensors; sharded, every rank gathers them and rank 0 writes."""
+        weights = self.whole_weights()
+        if self.world.main:
+            save_weights(path, weights)
+
+    def whole_weights(self) -> dict[str, torch.Tensor]:
+        """The model's state_dict with whole tensors (sharded: a collective every rank makes; rank 0 gets them)."""
+        return ModelState(self.model).state_dict() if self.sharded else self.model.state_dict()
 
     def result(self) -> dict:
         state = self.state

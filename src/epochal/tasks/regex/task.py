@@ -110,7 +110,7 @@ class RegexTask(Task):
     Config = RegexConfig
     metrics = ("val_token_acc", "val_nll", "val_class_acc", "val_state_acc", "val_string_acc")
     defaults = {
-        "train": {"max_epochs": 30, "batch_size": 64},
+        "train": {"max_epochs": 30, "batch_size": 64, "fsdp_modules": ["Block"]},
         "optim": {"lr": 3e-3, "weight_decay": 0.01},
         "schedule": {"kind": "cosine", "warmup_fraction": 0.05},
         # Seed 003 (5.7): stop on the validation metric; best.pt follows the same metric.

@@ -92,7 +92,7 @@ class WalksTask(Task):
     Config = WalksConfig
     metrics = ("edge_compliance", "rule_compliance")
     defaults = {
-        "train": {"batch_size": 64, "max_epochs": 50, "eval_every": 1, "grad_clip": 1.0},
+        "train": {"batch_size": 64, "max_epochs": 50, "eval_every": 1, "grad_clip": 1.0, "fsdp_modules": ["Block"]},
         "optim": {"lr": 3e-4, "weight_decay": 0.01},
         "schedule": {"kind": "cosine", "warmup_fraction": 0.1, "min_lr_ratio": 0.1},
         "gate": {"above": {"edge_compliance": 0.95, "rule_compliance": 0.80}},
