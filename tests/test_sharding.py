@@ -42,6 +42,7 @@ def sharded(tmp_path_factory):
             walks("guarded", out, **{"train.nan_policy": "skip"}),  # the fused optimizer's found_inf on shards
             *({"id": f"regex-{accum}", "out": str(out), "task": "regex",
                "settings": {**REGEX, "train.parallel": "fsdp", "train.grad_accum": accum}} for accum in (1, 2)),
+            {"id": "regex-ddp", "out": str(out), "task": "regex", "settings": {**REGEX, "train.parallel": "ddp"}},
             {"id": "loader", "out": str(out), "loader": True, "train": {"parallel": "fsdp", "fsdp_modules": ["Linear"]}},
             {"out": str(out), "shards": {**FSDP, "task.n_layers": 4}}]
     launcher = Launch()
@@ -80,6 +81,8 @@ def test_a_sum_count_loss_accumulated_over_shards_is_the_whole_batchs(sharded):
     whole, accumulated = losses(sharded / "regex-1"), losses(sharded / "regex-2")
     assert len(whole) == 6 and whole[-1] < whole[0]
     assert torch.allclose(whole, accumulated, rtol=1e-5, atol=0)
+    # Under DDP the regex loss reaches the model's own L1 term through the wrapper, and computes the same.
+    assert torch.allclose(whole, losses(sharded / "regex-ddp"), rtol=1e-5, atol=0)
 
 
 @pytest.mark.slow

@@ -139,7 +139,9 @@ class RegexTask(Task):
         return {**batch, "normalisers": normalisers(batch)}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, tuple]:
-        return multitask_terms(model(batch["tokens"]), batch, self.weights, model.l1_u)
+        # Under DDP the loss gets the wrapper, which keeps the model's own methods on its .module.
+        own = getattr(model, "module", model)
+        return multitask_terms(model(batch["tokens"]), batch, self.weights, own.l1_u)
 
     def evaluate(self, model: nn.Module, ctx: RegexEvalContext) -> dict[str, float]:
         return evaluate_split(model, ctx.splits["val"], "val", ctx.batch_size)
