@@ -40,3 +40,46 @@ def test_resume_time_smoke_times_both_streams_and_the_skipping_one_grows(tmp_pat
     (_, stateful_low, skipping_low), (_, stateful_high, skipping_high) = [[c.strip() for c in r] for r in rows]
     assert float(skipping_high) - float(skipping_low) > float(stateful_high) - float(stateful_low)
     assert "goal: at most 0.5 s" in done.stdout
+
+
+TINY_FLOW = """group = "bench-smoke"
+[task]
+name = "flow"
+arch = "mlp"
+flow = "icfm"
+dataset = "moons"
+aug = "none"
+n_samples = 1000
+eval_samples = 50
+eval_draws = 2
+test_draws = 2
+floor_draws = 2
+ode_steps = 2
+quality_every = 1
+[train]
+max_epochs = 2
+batch_size = 200
+[schedule]
+warmup_steps = 2
+[early_stop]
+enabled = false
+"""
+
+
+def test_flow_eval_times_every_evaluation_inside_the_one_run(tmp_path):
+    """benchmarks/flow_eval.py's child times the loop's evaluate and test, the set-up and the plot of one run,
+    so the evaluation share is a part of that run's own wall time."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import flow_eval
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_FLOW)
+    record = flow_eval.train(ROOT / "src", recipe, 0, tmp_path / "runs")
+    spent = record["spent"]
+    assert (len(spent["evaluate"]), len(spent["test"]), len(spent["setup"]), len(spent["plot"])) == (2, 1, 1, 1)
+    evaluation = sum(sum(spent[kind]) for kind in flow_eval.EVALUATION)
+    assert 0 < evaluation < record["wall"]
+    share = next(line for line in flow_eval.timing_lines([record]) if "% of wall time" in line)
+    assert f"{100 * evaluation / record['wall']:.3g} %" in share
