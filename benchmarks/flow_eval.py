@@ -67,11 +67,17 @@ def timed(kind, function):
             spent[kind].append(time.perf_counter() - started)
     return wrapper
 
-try:  # the loop's own evaluate/test: the task's measures plus the EMA swap, RNG and bookkeeping around them
-    from epochal.training import Run
-    Run.evaluate = timed("evaluate", Run.evaluate)
-    Run.test = timed("test", Run.test)
-except ImportError:  # checkouts before the loop rewrite: the task's calls only
+try:
+    from epochal import training
+except ImportError:
+    training = None
+# The loop's own evaluate/test: the task's measures plus the EMA swap, RNG and bookkeeping around them
+# (the class is Training since the core was tidied, Run before).
+loop_run = getattr(training, "Training", None) or getattr(training, "Run", None)
+if loop_run is not None:
+    loop_run.evaluate = timed("evaluate", loop_run.evaluate)
+    loop_run.test = timed("test", loop_run.test)
+else:  # checkouts before the loop rewrite: the task's calls only
     flow_task.FlowTask.evaluate = timed("evaluate", flow_task.FlowTask.evaluate)
     flow_task.FlowTask.test = timed("test", flow_task.FlowTask.test)
 flow_task.SamplePlot.on_fit_end = timed("plot", flow_task.SamplePlot.on_fit_end)
