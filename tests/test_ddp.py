@@ -82,6 +82,17 @@ def runs_script(tmp_path, runs):
     return torchrun(str(HERE / "ddp_runs.py"), str(spec))
 
 
+def run_all(out, runs):
+    """Train ``runs`` (ddp_runs.py's spec) in one torchrun launch; returns ``out``."""
+    launcher = Launch()
+    try:
+        code, output = launcher.run(runs_script(out, runs))
+    finally:
+        launcher.close()
+    assert code == 0, output
+    return out
+
+
 def curves(run_dir):
     return json.loads((run_dir / "result.json").read_text())["curves"]
 
@@ -133,13 +144,7 @@ def straight(tmp_path_factory):
                                                                "train.microbatch": "auto"},
              "env": {OOM_ENV: "8", OOM_RANK_ENV: "1"}},  # rank 0 fits, and must split with rank 1 all the same
             {"id": "loader", "out": str(out), "loader": True}]
-    launcher = Launch()
-    try:
-        code, output = launcher.run(runs_script(out, runs))
-    finally:
-        launcher.close()
-    assert code == 0, output
-    return out
+    return run_all(out, runs)
 
 
 @pytest.mark.slow

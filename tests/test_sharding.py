@@ -16,7 +16,7 @@ from epochal.errors import ConfigError
 from epochal.faults import KILL_ENV
 from epochal.sharding import check_world, shard
 from epochal.tasks.walks.model import TransformerLM
-from test_ddp import Launch, assert_same_run, curves, runs_script
+from test_ddp import Launch, assert_same_run, curves, run_all, runs_script
 
 SMALL = {"task.n_vertices": 32, "task.num_walks": 200, "task.eval_sequences": 40, "task.walk_length": 34,
          "task.context": 16, "task.d_model": 32, "task.rule_distance": 3, "train.batch_size": 16,
@@ -45,13 +45,7 @@ def sharded(tmp_path_factory):
             {"id": "regex-ddp", "out": str(out), "task": "regex", "settings": {**REGEX, "train.parallel": "ddp"}},
             {"id": "loader", "out": str(out), "loader": True, "train": {"parallel": "fsdp", "fsdp_modules": ["Linear"]}},
             {"out": str(out), "shards": {**FSDP, "task.n_layers": 4}}]
-    launcher = Launch()
-    try:
-        code, output = launcher.run(runs_script(out, runs))
-    finally:
-        launcher.close()
-    assert code == 0, output
-    return out
+    return run_all(out, runs)
 
 
 def losses(run_dir):
