@@ -86,7 +86,7 @@ started = time.perf_counter()
 result = train("flow", recipe, overrides={"train.seed": seed, "train.progress": False}, out_dir=out_dir,
              experiment_id=experiment_id, overwrite=True, log=lambda line: None)
 wall = time.perf_counter() - started
-print(json.dumps({"wall": wall, "spent": spent, "run_dir": str(result.run_dir), "epochs": result.result["epochs"],
+print(json.dumps({"wall": wall, "spent": spent, "timed": loop_run.__name__ if loop_run else "task", "run_dir": str(result.run_dir), "epochs": result.result["epochs"],
                   "stop_reason": result.stop_reason, "metadata": result.result["metadata"],
                   "test": result.result.get("test")}))
 """

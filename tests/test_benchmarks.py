@@ -78,6 +78,7 @@ def test_flow_eval_times_every_evaluation_inside_the_one_run(tmp_path):
     recipe.write_text(TINY_FLOW)
     record = flow_eval.train(ROOT / "src", recipe, 0, tmp_path / "runs")
     spent = record["spent"]
+    assert record["timed"] == "Training"  # the loop's own calls, not the older task-only fallback
     assert (len(spent["evaluate"]), len(spent["test"]), len(spent["setup"]), len(spent["plot"])) == (2, 1, 1, 1)
     evaluation = sum(sum(spent[kind]) for kind in flow_eval.EVALUATION)
     assert 0 < evaluation < record["wall"]

@@ -81,12 +81,12 @@ class World:
         self.backend = dist.get_backend()
         return device
 
-    def wrap(self, model: torch.nn.Module, device: torch.device, train=None) -> torch.nn.Module:
+    def wrap(self, model: torch.nn.Module, device: torch.device, train) -> torch.nn.Module:
         """The module the step trains through: DistributedDataParallel, the model sharded in place
         (train.parallel = "fsdp", sharding.py), or the model itself alone."""
         if self.size == 1:
             return model
-        if train is not None and train.parallel == "fsdp":
+        if train.parallel == "fsdp":
             from epochal.sharding import shard
 
             return shard(model, train)

@@ -55,7 +55,7 @@ class Training:
             raise ConfigError("checkpoint.every_minutes: each process's clock would decide at a different step; "
                               "allowed with more than one process: checkpoint.every_steps")
         self.device, self.eval_context = device, built.eval_context
-        self.signals = signals  # the preemption signals received (a test may set one as a scheduler would)
+        self.signals = signals  # the preemption signals received, agreed across ranks at each fetch
         self.model = built.model.to(device)
         trained = world.wrap(self.model, device, train)  # DistributedDataParallel or FSDP under torchrun
         # Sharded (sharding.py): every rank evaluates, tests and exports, since a forward needs every shard.

@@ -10,7 +10,6 @@ failed and retried by the other workers after ``GRACE_SECONDS``.
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 from pathlib import Path
@@ -31,18 +30,13 @@ def require_optuna():
         import optuna
     except ImportError:
         raise EpochalError(f"sweeps need Optuna, which is not installed; {EXTRA_HINT}") from None
-    _quiet_logs(optuna)
+    if optuna.logging.get_verbosity() != optuna.logging.ERROR:  # setting it clears every logger's cache: only once
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own lines
     import warnings
 
     warnings.filterwarnings("ignore", module="optuna")  # experimental-feature notices, re-reported steps
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
-
-
-@functools.cache
-def _quiet_logs(optuna) -> None:
-    """Once a process: setting a logger's level clears every logger's cache (dozens of calls a trial)."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own lines
 
 
 def masked(url: str | None) -> str:
