@@ -35,8 +35,8 @@ def env(**extra):
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **extra}
 
 
-def torchrun(*args, restarts=0):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+def torchrun(*args, restarts=0, procs=2):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--rdzv-backend", "c10d",
             "--rdzv-endpoint", "localhost:0", "--max-restarts", str(restarts), *args]
 
 
@@ -76,10 +76,10 @@ def launch():
     launcher.close()
 
 
-def runs_script(tmp_path, runs):
+def runs_script(tmp_path, runs, procs=2):
     spec = tmp_path / f"spec-{len(list(tmp_path.glob('spec-*')))}.json"
     spec.write_text(json.dumps(runs))
-    return torchrun(str(HERE / "ddp_runs.py"), str(spec))
+    return torchrun(str(HERE / "ddp_runs.py"), str(spec), procs=procs)
 
 
 def run_all(out, runs):

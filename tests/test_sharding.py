@@ -1,22 +1,28 @@
-"""train.parallel = "fsdp": the walks transformer sharded over 2 CPU processes (gloo) under torchrun.
+"""train.parallel = "fsdp": the walks transformer sharded over 2 and 4 CPU processes (gloo) under torchrun.
 
-One torchrun launch trains the sharded runs compared here (tests/ddp_runs.py); a second is killed mid-run
-and a third resumes it.
+One torchrun launch trains the sharded runs compared here (tests/ddp_runs.py); others are killed mid-run or in
+the middle of a sharded save and resumed at the same, a larger and a smaller world size.
 """
 
 import json
+import os
+import shutil
+import signal
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import epochal
+from epochal.checkpoint import read_manifest
+from epochal.cli import main
 from epochal.config import TrainConfig
 from epochal.errors import ConfigError
-from epochal.faults import KILL_ENV
+from epochal.faults import DELAY_ENV, KILL_ENV
+from epochal.io import WRITE_DELAY_ENV
 from epochal.sharding import check_world, shard
 from epochal.tasks.walks.model import TransformerLM
-from test_ddp import Launch, assert_same_run, curves, run_all, runs_script
+from test_ddp import Launch, assert_same_run, curves, run_all, runs_script, wait_for, worker_of
 
 SMALL = {"task.n_vertices": 32, "task.num_walks": 200, "task.eval_sequences": 40, "task.walk_length": 34,
          "task.context": 16, "task.d_model": 32, "task.rule_distance": 3, "train.batch_size": 16,
@@ -109,10 +115,24 @@ def test_exported_weights_are_whole_under_the_models_own_names(sharded):
 
 
 @pytest.mark.slow
+def test_export_consolidates_the_shards_of_two_processes(sharded, tmp_path):
+    checkpoints = sharded / "fsdp" / "checkpoints"
+    assert {path.name for path in checkpoints.glob("last.dcp/__*")} == {"__0_0.distcp", "__1_0.distcp"}
+    for weights, gathered in (("last", "model.safetensors"), ("ema", "model_ema.safetensors")):
+        assert main(["export", str(sharded / "fsdp"), "--weights", weights, "--to", str(tmp_path / "w.safetensors")]) == 0
+        exported, expected = load_file(tmp_path / "w.safetensors"), load_file(checkpoints / gathered)
+        assert set(exported) == set(expected) and all(torch.equal(exported[k], expected[k]) for k in expected)
+    model = epochal.load_run(sharded / "fsdp", weights="last").model  # consolidated in this process, no group
+    assert all(torch.equal(value, expected[name]) for name, value in model.state_dict().items()
+               for expected in [load_file(checkpoints / "model.safetensors")])
+
+
+@pytest.mark.slow
 def test_a_killed_sharded_run_resumes_exactly(sharded, tmp_path):
     launcher = Launch()
     try:
-        code, output = launcher.run(runs_script(tmp_path, [walks("fsdp", tmp_path)]), **{KILL_ENV: "7"})
+        # Steps slowed so that the asynchronous save of step 4 is complete when step 7 kills the run.
+        code, output = launcher.run(runs_script(tmp_path, [walks("fsdp", tmp_path)]), **{KILL_ENV: "7", DELAY_ENV: "0.2"})
         manifest = json.loads((tmp_path / "fsdp" / "checkpoints" / "manifest.json").read_text())["checkpoints"]
         assert code != 0 and {entry["step"] for entry in manifest} == {4}, output
         code, output = launcher.run(runs_script(tmp_path, [{**walks("fsdp", tmp_path), "resume": "must"}]))
@@ -120,12 +140,6 @@ def test_a_killed_sharded_run_resumes_exactly(sharded, tmp_path):
         launcher.close()
     assert code == 0 and "resuming from" in output, output
     assert_same_run(sharded / "fsdp", tmp_path / "fsdp")
-
-
-def test_fsdp_in_one_process_is_refused_in_one_line(tmp_path):
-    with pytest.raises(ConfigError, match="^train.parallel: 'fsdp' shards the model over torchrun's processes"):
-        epochal.run("walks", overrides=FSDP, out_dir=tmp_path, experiment_id="alone", log=lambda _: None)
-    assert not (tmp_path / "alone").exists()
 
 
 def test_fp16_and_cpu_offload_on_a_cpu_are_refused():
@@ -156,3 +170,57 @@ def test_activation_checkpointing_needs_named_blocks_under_fsdp():
         with pytest.raises(ConfigError, match="^train.activation_checkpointing: .*train.fsdp_modules naming"):
             TrainConfig(activation_checkpointing=True, **settings).validate()
     TrainConfig(activation_checkpointing=True, parallel="fsdp", fsdp_modules=["Block"]).validate()
+
+
+def temp_of(run_dir, step):
+    return run_dir / "checkpoints" / f".checkpoint_step_{step:08d}.dcp.tmp-dcp"
+
+
+def steps_listed(run_dir):
+    return {entry["step"] for entry in read_manifest(run_dir / "checkpoints")}
+
+
+def assert_same_losses(a, b):
+    assert torch.allclose(losses(a), losses(b), rtol=1e-5, atol=0)
+
+
+@pytest.mark.slow
+def test_a_kill_during_an_async_save_keeps_the_one_before_and_four_processes_resume_it(sharded, tmp_path):
+    launcher = Launch()
+    try:
+        # Writes slowed: step 9 comes while step 8's save still writes in the background.
+        code, output = launcher.run(runs_script(tmp_path, [walks("fsdp", tmp_path)]), **{KILL_ENV: "9", WRITE_DELAY_ENV: "0.5"})
+        assert code != 0 and steps_listed(tmp_path / "fsdp") == {4} and temp_of(tmp_path / "fsdp", 8).is_dir(), output
+        resume = [{**walks("fsdp", tmp_path), "resume": "must"}, {"out": str(tmp_path), "shards": {**FSDP, "task.n_layers": 4}}]
+        code, output = launcher.run(runs_script(tmp_path, resume, procs=4))
+    finally:
+        launcher.close()
+    assert code == 0 and "written by 2 process(es), this run has 4" in output, output
+    assert not temp_of(tmp_path / "fsdp", 8).exists() and steps_listed(tmp_path / "fsdp") >= {8, 12}
+    assert_same_losses(tmp_path / "fsdp", sharded / "fsdp")  # the same global batches, summed in another order
+    for rank in range(4):
+        count = json.loads((tmp_path / f"shards-{rank}.json").read_text())
+        assert abs(count["held"] / count["whole"] - 0.25) < 0.02, count
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_sync_save_of_four_processes_resumes_at_two_and_at_one(sharded, tmp_path):
+    run = walks("fsdp", tmp_path, **{"checkpoint.async_write": False})
+    launcher = Launch()
+    try:
+        proc = launcher.start(runs_script(tmp_path, [run], procs=4), **{WRITE_DELAY_ENV: "0.5"})
+        wait_for(temp_of(tmp_path / "fsdp", 8) / "state.pt", proc)  # every shard written, state.pt being written
+        os.kill(worker_of(proc.pid, 0), signal.SIGKILL)  # rank 0, as it writes; torchrun stops the others
+        proc.communicate(timeout=120)
+        assert steps_listed(tmp_path / "fsdp") == {4}
+        alone = shutil.copytree(tmp_path / "fsdp", tmp_path / "alone" / "fsdp", symlinks=True)
+        code, output = launcher.run(runs_script(tmp_path, [{**run, "resume": "must"}]))
+    finally:
+        launcher.close()
+    assert code == 0 and "written by 4 process(es), this run has 2" in output, output
+    assert_same_losses(tmp_path / "fsdp", sharded / "fsdp")
+    said = []
+    epochal.run("walks", overrides=run["settings"], out_dir=alone.parent, experiment_id="fsdp", resume="must",
+                log=said.append)
+    assert "resuming from checkpoint_step_00000004.dcp (epoch 0, step 4)" in said and not temp_of(alone, 8).exists()
+    assert_same_losses(alone, sharded / "fsdp")

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from epochal.checkpoint import load_file, make_payload, payload_states, read_manifest, read_safetensors, serialize, sha256
+from epochal.checkpoint import (load_file, make_payload, payload_states, read_manifest, read_safetensors, run_weights,
+                                save_weights, serialize, sha256)
 from epochal.config import RunConfig, load_toml
 from epochal.errors import CheckpointError, EpochalError
 from epochal.io import atomic_write_bytes, atomic_write_text
@@ -127,10 +128,30 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
             raise EpochalError(f"{run_dir}: has no EMA weights (model_ema.safetensors); allowed: last, best")
         model.load_state_dict(read_safetensors(checkpoints / "model_ema.safetensors", device))
     elif weights in ("last", "best"):
-        load_checkpoint(checkpoints / f"{weights}.pt", model, map_location=device)
+        try:
+            state, _ = run_weights(checkpoints, weights)  # a .pt's, or a sharded checkpoint's consolidated
+        except CheckpointError as err:
+            raise EpochalError(f"weights: {err}; allowed: last, best or ema weights the run kept") from None
+        model.load_state_dict(_to(state, device))
     else:
         raise EpochalError(f"weights: {weights!r}; allowed: last, best, ema")
     return LoadedRun(model, config, task, built.eval_context)
+
+
+def export(run_dir: str | Path, weights: str, to: str | Path) -> str:
+    """``epochal export``: one safetensors file of a run's last, best or EMA weights under the model's own
+    parameter names, a sharded checkpoint consolidated in this process; a line saying what was written."""
+    run_dir, to = Path(run_dir), Path(to)
+    checkpoints = run_dir / "checkpoints"
+    if not checkpoints.is_dir():
+        raise EpochalError(f"{run_dir}: not a run folder (no checkpoints/); allowed: a folder made by `epochal run`")
+    if to.suffix != ".safetensors":
+        raise EpochalError(f"--to: {to} does not end in .safetensors; allowed: a FILE.safetensors path")
+    state, entry = run_weights(checkpoints, weights)
+    save_weights(to, state)
+    count = sum(value.numel() for value in state.values())
+    return (f"{to}: the {weights} weights of {checkpoints / entry['file']} (step {entry['step']}), {len(state)} "
+            f"tensors, {count:,} values")
 
 
 def warn_if_gate_failed(run_dir: Path) -> None:

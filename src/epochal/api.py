@@ -121,7 +121,9 @@ def run(task: str | Task, config: RunConfig | str | Path | dict | None = None, *
     device = world.join(device)
     if config.train.precision == "amp":  # resolved once, here: config.toml and the checkpoints record which
         config.train.precision = amp_precision(device)
-    check_world(config.train, world.size, device)
+    note = check_world(config.train, world.size, device)
+    if note:
+        log(note)
     with PreemptionSignals(agreed=world.size > 1) as signals, contextlib.ExitStack() as stack:
         config.experiment_id = world.broadcast(config.experiment_id)  # rank 0's, drawn or renamed above
         folder = RunFolder(config.run_dir, writes=world.main)

@@ -30,8 +30,11 @@ import safetensors.torch
 import torch
 
 from epochal.errors import CheckpointError, EpochalError
-from epochal.io import WriteError, atomic_write_bytes, atomic_write_text, fsync_dir, remove_stale_temps, temp_path
+from epochal.io import (TEMP_MARK, WriteError, atomic_write_bytes, atomic_write_text, fsync_dir, remove_stale_temps,
+                        temp_path)
 from epochal.run_folder import MANIFEST, checkpoint_files
+from epochal.sharded_checkpoint import (STATE, file_sha256, folder_sha256, is_sharded, remove_stale_folders, temp_folder,
+                                        whole_tensors)
 
 ROLLING_KINDS = ("epoch", "step", "preempt")
 
@@ -157,6 +160,7 @@ def payload_states(payload: dict) -> dict:
 PAYLOAD_KEYS = ("model", "state")
 _BARE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_IN_FOLDER = re.compile(r"(?!\.\.?$)[A-Za-z0-9_.][A-Za-z0-9._-]*")  # a sharded checkpoint's files (.metadata too)
 
 
 def _int(value: Any) -> bool:
@@ -183,6 +187,11 @@ def check_manifest(data: Any) -> list[dict]:
         seen.add(name)
         if not isinstance(entry.get("sha256"), str) or not _SHA256.fullmatch(entry["sha256"]):
             raise ValueError(f"entry {i} ({name}): 'sha256' is not a SHA-256 hex digest")
+        files = entry.get("files")
+        if is_sharded(name) and not (isinstance(files, dict) and files and all(
+                isinstance(f, str) and _IN_FOLDER.fullmatch(f) and isinstance(h, str) and _SHA256.fullmatch(h)
+                for f, h in files.items())):
+            raise ValueError(f"entry {i} ({name}): 'files' is not a map of the folder's file names to SHA-256 digests")
         if not isinstance(entry.get("kind"), str):
             raise ValueError(f"entry {i} ({name}): 'kind' missing or not a string")
         for key in ("step", "epoch", "batch_in_epoch"):
@@ -206,9 +215,57 @@ def describe(name: str, payload: Any) -> dict:
         kind = "epoch"
     elif name.startswith("checkpoint_step_"):
         kind = "preempt" if state.get("status") == "preempted" else "step"
-    else:  # last.pt, best.pt, checkpoint_gate.pt: named links, never pruned
-        kind = name.removesuffix(".pt")
+    else:  # last.pt, best.pt, checkpoint_gate.pt (or .dcp): named links, never pruned
+        kind = stem(name)
     return {"kind": kind, "step": state["step"], "epoch": state["epoch"], "batch_in_epoch": state["batch_in_epoch"]}
+
+
+def stem(name: str) -> str:
+    """A checkpoint's name without its suffix (.pt for a file, .dcp for a sharded checkpoint's folder)."""
+    return name.removesuffix(".pt").removesuffix(".dcp")
+
+
+def load_folder(path: Path, files: dict[str, str] | None) -> dict:
+    """A sharded checkpoint's state.pt payload, once every file of the folder matches its hash (``files``;
+    None: unchecked, when the manifest is being rebuilt); CheckpointError naming the first that does not."""
+    for name, expected in sorted((files or {}).items()):
+        try:
+            actual = file_sha256(path / name)
+        except OSError as err:
+            raise CheckpointError(f"{path / name}: cannot read ({err.strerror})") from None
+        if actual != expected:
+            raise CheckpointError(f"{path / name}: checksum mismatch (truncated or altered)")
+    return load_file(path / STATE)
+
+
+def load_entry(folder: Path, entry: dict, shards_checked: bool = False) -> dict:
+    """The payload of a manifest entry, hash-checked: a .pt's, or a sharded checkpoint's state.pt (and every
+    file of its folder, unless another rank checked them: ``shards_checked``)."""
+    if is_sharded(entry["file"]):
+        path = Path(folder) / entry["file"]
+        if shards_checked:
+            return load_file(path / STATE, entry["files"][STATE])
+        return load_folder(path, entry["files"])
+    return load_file(Path(folder) / entry["file"], entry["sha256"])
+
+
+def run_weights(checkpoints: Path, which: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """A run's model weights from its checkpoints/ folder and the manifest entry they come from: the ``last`` or
+    ``best`` checkpoint's model, or ``ema``, the last checkpoint's EMA shadow; a sharded checkpoint consolidated
+    in this process (no process group). CheckpointError naming what is missing."""
+    stem_name = "best" if which == "best" else "last"
+    entries = [e for e in read_manifest(checkpoints) if e["file"] in (f"{stem_name}.pt", f"{stem_name}.dcp")]
+    if not entries:
+        raise CheckpointError(f"{checkpoints}: holds no complete {stem_name} checkpoint")
+    entry = max(entries, key=lambda e: e["step"])  # after a run moved between DDP and FSDP: the newer
+    payload = load_entry(checkpoints, entry)
+    key = "ema" if which == "ema" else "model"
+    if key not in payload_states(payload):
+        raise CheckpointError(f"{checkpoints / entry['file']}: holds no {key} weights (the run had ema.enabled off)")
+    if is_sharded(entry["file"]):
+        return whole_tensors(checkpoints / entry["file"], "ema/shadow" if key == "ema" else "model"), entry
+    state = payload_states(payload)[key]
+    return (state["shadow"] if key == "ema" else state), entry
 
 
 def read_manifest(folder: Path) -> list[dict]:
@@ -231,7 +288,7 @@ def read_checkpoint(folder: Path, name: str) -> dict:
     entry = next((e for e in read_manifest(folder) if e["file"] == name), None)
     if entry is None:
         raise CheckpointError(f"{Path(folder) / name}: no such complete checkpoint")
-    return load_file(Path(folder) / name, entry["sha256"])
+    return load_entry(folder, entry)
 
 
 class CheckpointStore:
@@ -251,6 +308,7 @@ class CheckpointStore:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.folder)
+        remove_stale_folders(self.folder)
         self._repair(warn)
 
     def manifest(self) -> list[dict]:
@@ -271,9 +329,7 @@ class CheckpointStore:
         entries, skipped = [], []
         for file in files:
             try:
-                data = file.read_bytes()
-                fields = describe(file.name, load_bytes(file, data))
-                entries.append({"file": file.name, "sha256": sha256(data), **fields, "rebuilt": True})
+                entries.append({"file": file.name, **_verified(file), "rebuilt": True})
             except (OSError, CheckpointError) as err:
                 skipped.append(f"{file.name} ({getattr(err, 'strerror', None) or err})")
         left = f"; left alone, unverified: {', '.join(skipped)}" if skipped else ""
@@ -292,6 +348,39 @@ class CheckpointStore:
             raise CheckpointError(f"{err.path}: cannot update the manifest ({err.strerror}); "
                                   f"earlier checkpoints are intact") from None
 
+    def enter_folder(self, tmp: Path, name: str, files: dict[str, str], info: dict) -> None:
+        """Rename a complete sharded checkpoint's folder into place, list it with each file's hash; retention."""
+        with self._lock:
+            replaced = self._entry(name)
+            self._unlist(name)
+            try:
+                self._replace_folder(tmp, replaced)
+            except OSError as err:
+                raise CheckpointError(f"{self.folder / name}: cannot write checkpoint ({err.strerror}); earlier "
+                                      "checkpoints are intact") from None
+            entries = [e for e in self.manifest() if e["file"] != name]
+            entries.append({"file": name, "sha256": folder_sha256(files), "files": files, **info})
+            self._write_manifest(self._retain(entries))
+
+    def _entry(self, name: str) -> dict | None:
+        return next((e for e in self.manifest() if e["file"] == name), None)
+
+    def _replace_folder(self, tmp: Path, replaced: dict | None) -> None:
+        """``tmp`` renamed to its checkpoint's name; a folder already there goes only if the manifest listed it
+        (``replaced``: its entry), and only the files it listed."""
+        target = self.folder / tmp.name.removeprefix(".").rsplit(TEMP_MARK, 1)[0]
+        if target.exists() or target.is_symlink():
+            if replaced is None or not target.is_dir() or target.is_symlink():
+                raise CheckpointError(f"{target}: is in the way and no checkpoint the manifest lists; it is left as "
+                                      "it is; allowed: move it out of the checkpoints folder")
+            aside = temp_folder(self.folder, f"{target.name}-replaced")
+            os.replace(target, aside)
+            os.replace(tmp, target)
+            _remove_listed(aside, replaced["files"])
+        else:
+            os.replace(tmp, target)
+        fsync_dir(self.folder)
+
     def write(self, name: str, data: bytes, info: dict) -> None:
         """Write one checkpoint file and enter it into the manifest; enforce retention."""
         path = self.folder / name
@@ -308,7 +397,11 @@ class CheckpointStore:
             self._write_manifest(entries)
 
     def link(self, source: str, name: str) -> None:
-        """Make ``name`` (e.g. last.pt) the same file as ``source`` without writing it twice."""
+        """Make ``name`` (e.g. last.pt) the same file as ``source`` without writing it twice (a sharded
+        checkpoint: a folder of the same files, each a hard link)."""
+        if is_sharded(source):
+            self._link_folder(source, name)
+            return
         with self._lock:
             entries = self._unlist(name)
             entry = next(e for e in entries if e["file"] == source)
@@ -323,6 +416,25 @@ class CheckpointStore:
                 raise CheckpointError(f"{self.folder / name}: cannot link to {source} ({err.strerror}); "
                                       f"earlier checkpoints are intact") from None
             self._write_manifest([*entries, {**entry, "file": name, "kind": name.removesuffix(".pt")}])
+
+    def _link_folder(self, source: str, name: str) -> None:
+        with self._lock:
+            replaced = self._entry(name)
+            entries = self._unlist(name)
+            entry = next(e for e in entries if e["file"] == source)
+            tmp = temp_folder(self.folder, name)
+            try:
+                if tmp.is_dir():  # a link a kill interrupted: its files are hard links of listed ones
+                    _remove_listed(tmp, entry["files"])
+                tmp.mkdir()
+                for file in entry["files"]:
+                    os.link(self.folder / source / file, tmp / file)
+                fsync_dir(tmp)
+                self._replace_folder(tmp, replaced)
+            except OSError as err:
+                raise CheckpointError(f"{self.folder / name}: cannot link to {source} ({err.strerror}); "
+                                      f"earlier checkpoints are intact") from None
+            self._write_manifest([*entries, {**entry, "file": name, "kind": stem(name)}])
 
     def _unlist(self, name: str) -> list[dict]:
         """Take ``name`` out of the manifest before its file is replaced, so that no failure in between
@@ -342,9 +454,11 @@ class CheckpointStore:
         drop = {e["file"] for e in rolling if newest_at[e["step"]] != e["file"]}
         distinct = sorted((e for e in rolling if e["file"] not in drop), key=lambda e: e["step"])
         drop |= {e["file"] for e in distinct[: max(0, len(distinct) - self.keep_last)]}
-        for name in drop:
-            path = self.folder / name
-            if path.is_file() and not path.is_symlink():
+        for entry in (e for e in entries if e["file"] in drop):
+            path = self.folder / entry["file"]
+            if is_sharded(entry["file"]) and path.is_dir() and not path.is_symlink():
+                _remove_listed(path, entry["files"])
+            elif path.is_file() and not path.is_symlink():
                 path.unlink()
         return [e for e in entries if e["file"] not in drop]
 
@@ -352,7 +466,7 @@ class CheckpointStore:
         """(entry, payload) of the newest checkpoint that loads; damaged ones are reported and passed over."""
         for entry in sorted(self.manifest(), key=lambda e: (e["step"], e["kind"] != "last"), reverse=True):
             try:
-                return entry, load_file(self.folder / entry["file"], entry["sha256"])
+                return entry, load_entry(self.folder, entry)
             except CheckpointError as err:
                 warn(f"skipping checkpoint: {err}")
         return None
@@ -363,6 +477,25 @@ class CheckpointStore:
     def load_states(self, name: str) -> dict:
         """The registry states (model, optimizer, ema, ...) of a complete checkpoint, from either format."""
         return payload_states(self.load(name))
+
+
+def _verified(path: Path) -> dict:
+    """A manifest entry's fields for a checkpoint file or folder found without one."""
+    if path.is_dir():
+        files = {file.name: file_sha256(file) for file in sorted(path.iterdir()) if file.is_file()}
+        return {"sha256": folder_sha256(files), "files": files, **describe(path.name, load_folder(path, None))}
+    data = path.read_bytes()
+    return {"sha256": sha256(data), **describe(path.name, load_bytes(path, data))}
+
+
+def _remove_listed(folder: Path, files: dict[str, str]) -> None:
+    """A sharded checkpoint's folder: the files it lists, then the folder if nothing else is left in it."""
+    for name in files:
+        (folder / name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # something the manifest does not account for: left where it is
+        pass
 
 
 class BackgroundWriter:
@@ -391,6 +524,11 @@ class BackgroundWriter:
             _checked(job, what)
         except BaseException as err:  # reported on the training thread
             self._error = err
+
+    def check(self) -> None:
+        """Raise the error of a write that has failed, without waiting for one still running."""
+        if self._thread is not None and not self._thread.is_alive():
+            self.wait()
 
     def wait(self) -> None:
         if self._thread is not None:

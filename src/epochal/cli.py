@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--include-failed", action="store_true",
                         help="sweep report: plot gate-failed points and rank them among the best (default: listed apart)")
 
+    export = sub.add_parser("export", help="one safetensors file of a run's weights (a sharded checkpoint "
+                                           "consolidated, under the model's own parameter names)")
+    export.add_argument("run_dir")
+    export.add_argument("--weights", choices=["last", "best", "ema"], default="last",
+                        help="the last or best checkpoint's model, or the last checkpoint's EMA weights")
+    export.add_argument("--to", required=True, metavar="FILE.safetensors")
+
     sub.add_parser("tasks", help="list the built-in tasks and their recipes")
 
     recipe = sub.add_parser("recipe", help="print a shipped recipe, comments included (epochal recipe NAME > my.toml)")
@@ -286,6 +293,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from epochal.analysis import export
+
+    print(export(args.run_dir, args.weights, args.to))
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     # The static catalog, not the registry: listing must not import the tasks (and torch).
     from epochal import recipes
@@ -392,8 +406,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"diff": cmd_diff, "tune": cmd_tune, "run": cmd_run, "resume": cmd_resume, "show": cmd_show, "report": cmd_report, "tasks": cmd_tasks, "recipe": cmd_recipe,
-            "audit": cmd_audit, "sweep": cmd_sweep, "runs": cmd_runs, "compare": cmd_compare}
+COMMANDS = {"diff": cmd_diff, "tune": cmd_tune, "run": cmd_run, "resume": cmd_resume, "show": cmd_show,
+            "report": cmd_report, "tasks": cmd_tasks, "recipe": cmd_recipe, "audit": cmd_audit, "sweep": cmd_sweep,
+            "runs": cmd_runs, "compare": cmd_compare, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

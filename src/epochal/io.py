@@ -90,6 +90,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def write_unseen(path: Path, data: bytes) -> None:
+    """A file inside a folder no reader sees yet (renamed into place whole once complete): written and
+    fsynced in place, since the folder's rename is what makes it appear."""
+    try:
+        with open(path, "wb") as f:
+            _write(path, f, data)
+        fsync_dir(path.parent)
+    except OSError as err:
+        raise WriteError(path, err) from None
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 

@@ -43,6 +43,10 @@ class StateRegistry:
     def state_dict(self) -> dict[str, Any]:
         return {name: obj.state_dict() for name, obj in self._entries.items()}
 
+    def states(self, names: Iterable[str]) -> dict[str, Any]:
+        """The states of the entries ``names`` (those registered), as they are now."""
+        return {name: self._entries[name].state_dict() for name in names if name in self._entries}
+
     def load_state_dict(self, states: dict[str, Any], keep: Iterable[str] = ()) -> None:
         """Load every entry from ``states`` except those in ``keep``; a missing entry is refused by name."""
         keep = set(keep)

@@ -94,10 +94,13 @@ def finite_or_none(value: Any) -> Any:
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
-    """The checkpoint files in ``folder`` (temporary files are hidden and never count)."""
+    """The checkpoint files in ``folder``, and the folders of sharded checkpoints (``*.dcp``); temporary ones
+    are hidden and never count."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*.pt") if p.is_file() and not p.name.startswith("."))
+    found = [p for p in folder.glob("*.pt") if p.is_file()]
+    found += [p for p in folder.glob("*.dcp") if p.is_dir() and not p.is_symlink()]
+    return sorted(p for p in found if not p.name.startswith("."))
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -9,8 +9,9 @@ parameters for the compute, gradients reduced in fp32.
 What a sharded model changes elsewhere, each in one place:
 
 - the state of the model and the optimizer goes through ``torch.distributed.checkpoint.state_dict``
-  (``ModelState``/``OptimizerState``); any other registered state holding sharded tensors (the EMA
-  shadow) is gathered and re-sharded by ``GatheredState``;
+  (``ModelState``/``OptimizerState``): each rank's shards under the model's own parameter names, which
+  sharded checkpoints (sharded_checkpoint.py) write as they are, rank by rank; any other registered state
+  holding sharded tensors (the EMA shadow) loads whole tensors cut to its shards (``ShardedState``);
 - gradient accumulation holds the reduce-scatter with ``set_requires_gradient_sync`` (``no_sync``);
 - evaluation and test run on every rank with the whole parameters gathered (``gathered``): a forward pass needs
   every rank's shards, and a task's evaluation may call the model's other methods.
@@ -27,20 +28,22 @@ from torch import nn
 from epochal.errors import ConfigError
 
 
-def check_world(train, world_size: int, device: torch.device) -> None:
-    """Refuse, before a run folder exists, an FSDP setting this process cannot run."""
+def check_world(train, world_size: int, device: torch.device) -> str | None:
+    """Refuse, before a run folder exists, an FSDP setting this process cannot run; a note when one process
+    runs it (nothing to shard over: the model stays whole, and checkpoints are sharded folders all the same,
+    so a run moves between one process and torchrun at any size)."""
     if train.parallel != "fsdp":
-        return
-    if world_size == 1:
-        raise ConfigError("train.parallel: 'fsdp' shards the model over torchrun's processes, and this is one "
-                          "process; allowed: start it with torchrun --nproc-per-node N (N >= 2), or "
-                          "train.parallel = 'ddp'")
+        return None
     if train.precision == "fp16":
         raise ConfigError("train.precision: fp16 needs a loss scaler that FSDP's sharded gradients do not take; "
                           "allowed with train.parallel = 'fsdp': bf16 (same range as fp32) or fp32")
     if train.fsdp_cpu_offload and device.type != "cuda":
         raise ConfigError("train.fsdp_cpu_offload: moves a GPU's shards to host memory, and this run is on "
                           f"{device.type}; allowed here: false")
+    if world_size == 1:
+        return ("train.parallel = 'fsdp' in one process: the model stays whole (nothing to shard it over); "
+                "its checkpoints are sharded folders, which torchrun resumes at any size")
+    return None
 
 
 def shard(model: nn.Module, train) -> nn.Module:
@@ -107,69 +110,84 @@ def full(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def _options(saving: bool):
-    """Whole tensors held by rank 0 alone, in host memory, when saving (as a DDP run's rank 0 holds them); when
-    loading, rank 0's sent to every rank (each rank cuts its shard), so the others' copies are never read."""
+def whole_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The sharded model's state as whole tensors under its own names, in host memory, on rank 0 (empty
+    elsewhere; a collective every rank makes): what an export writes."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _load_options(sharded: bool, state: Any):
+    """Shards load as they are; whole tensors into a sharded model (a checkpoint written before sharded
+    checkpoints) come from rank 0, each rank cutting its shard."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    if saving:
-        return StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    if sharded and not _holds_shards(state):
+        return StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    return StateDictOptions()
+
+
+def _holds_shards(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_shards(item) for item in value.values())
+    return hasattr(value, "device_mesh")
 
 
 class ModelState:
-    """The sharded model's state as whole tensors under the model's own names (what a DDP run saves), on rank 0
-    (empty elsewhere), and back from rank 0's."""
+    """The model's state under its own parameter names: each rank's shards when ``sharded`` (whole tensors on
+    one process); loads either back."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, sharded: bool):
+        self.model, self.sharded = model, sharded
 
     def state_dict(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        return get_model_state_dict(self.model, options=_options(saving=True))
+        return get_model_state_dict(self.model)
 
     def load_state_dict(self, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-        set_model_state_dict(self.model, state, options=_options(saving=False))
+        set_model_state_dict(self.model, state, options=_load_options(self.sharded, state))
 
 
 class OptimizerState:
-    """The optimizer's state of a sharded model as whole tensors keyed by parameter name, on rank 0 (empty
-    elsewhere), and back from rank 0's."""
+    """The optimizer's state keyed by parameter name (so it fits any world size): each rank's shards when
+    ``sharded``; loads either back."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool):
+        self.model, self.optimizer, self.sharded = model, optimizer, sharded
 
     def state_dict(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        return get_optimizer_state_dict(self.model, self.optimizer, options=_options(saving=True))
+        return get_optimizer_state_dict(self.model, self.optimizer)
 
     def load_state_dict(self, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-        set_optimizer_state_dict(self.model, self.optimizer, state, options=_options(saving=False))
+        set_optimizer_state_dict(self.model, self.optimizer, state,
+                                 options=_load_options(self.sharded, state.get("state", {})))
 
 
-class GatheredState:
-    """Any other state that holds sharded tensors (the EMA shadow): saved whole, loaded back into the
-    layout the entry's own tensors have."""
+class ShardedState:
+    """Any other state holding sharded tensors (the EMA shadow): saved as its shards; whole tensors (a
+    checkpoint written before sharded checkpoints) load cut to the layout the entry's own tensors have."""
 
     def __init__(self, entry):
         self.entry = entry
 
     def state_dict(self) -> dict:
-        return _map(self.entry.state_dict(), lambda value, _: full(value))
+        return self.entry.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.entry.load_state_dict(_map(state, _like, self.entry.state_dict()))
 
 
 def _like(value: Any, current: Any) -> Any:
-    """``value`` (a whole tensor) cut to this rank's shard when ``current`` is sharded."""
-    if isinstance(value, torch.Tensor) and hasattr(current, "device_mesh"):
+    """``value`` (a whole tensor) cut to this rank's shard when ``current`` is sharded and it is not yet."""
+    if isinstance(value, torch.Tensor) and hasattr(current, "device_mesh") and not hasattr(value, "device_mesh"):
         from torch.distributed.tensor import distribute_tensor
 
         return distribute_tensor(value.to(current.device, current.dtype), current.device_mesh, current.placements,

@@ -22,7 +22,8 @@ from epochal.callbacks.gate import Gate
 from epochal.callbacks.nan_policy import NanPolicy
 from epochal.callbacks.preemption import Preemption
 from epochal.callbacks.folder_writer import FolderWriter
-from epochal.checkpoint import BackgroundWriter, CheckpointStore, make_payload, payload_states, save_weights, serialize
+from epochal.checkpoint import (BackgroundWriter, CheckpointStore, load_entry, make_payload, payload_states,
+                                save_weights, serialize)
 from epochal.compiling import CompileWatch, compile_loss
 from epochal.config import RunConfig, compile_mode
 from epochal.data import make_batches
@@ -34,14 +35,16 @@ from epochal.graphs import CapturedStep, check_capturable, check_fixed_shapes
 from epochal.optim import build_adamw, make_schedule, resolve_warmup_steps
 from epochal.run_folder import RunFolder
 from epochal.registry import StateRegistry
-from epochal.sharding import GatheredState, ModelState, OptimizerState, gathered, no_sync
+from epochal.sharded_checkpoint import (STATE, SUFFIX, gather_hashes, is_sharded, new_group, own_hashes, read_shards, split,
+                                        temp_folder, write_shards, write_state)
+from epochal.sharding import ModelState, OptimizerState, ShardedState, gathered, no_sync, whole_model_state
 from epochal.signals import PreemptionSignals
 from epochal.state import TrainState, capture_rng, restore_rng
 from epochal.step import Step, StepRecords, autocast, nonfinite_guard
 from epochal.task import Built, RunContext, Task
 from epochal.view import RunView
 
-LINKS = {"best": "best.pt", "gate": "checkpoint_gate.pt"}  # Save kinds that keep a named link to the file
+LINKS = {"best": "best", "gate": "checkpoint_gate"}  # Save kinds that keep a named link to the checkpoint
 
 
 class Training:
@@ -60,6 +63,10 @@ class Training:
         trained = world.wrap(self.model, device, train)  # DistributedDataParallel or FSDP under torchrun
         # Sharded (sharding.py): every rank evaluates, tests and exports, since a forward needs every shard.
         self.sharded = world.size > 1 and train.parallel == "fsdp"
+        # train.parallel = "fsdp" at any world size: checkpoints are folders of shards (sharded_checkpoint.py)
+        # holding the model's and optimizer's state under parameter names, so they resume at any size.
+        self.sharded_checkpoints = train.parallel == "fsdp"
+        self.suffix = SUFFIX if self.sharded_checkpoints else ".pt"
         self.batches = make_batches(built.train_data, device, train.batch_size, train.seed, train.drop_last,
                                     train.num_workers, world)
         self.batches.follow(lambda: (self.state.epoch, self.state.batch_in_epoch))  # a stream saves what was trained
@@ -91,6 +98,8 @@ class Training:
         self.state = TrainState()
         self.store = CheckpointStore(folder.path / "checkpoints", config.checkpoint.keep_last, writes=world.main)
         self.writer = BackgroundWriter(config.checkpoint.async_write)
+        # Sharded checkpoints' collectives, on a group of their own: a background save's never meet training's.
+        self.checkpoint_group = new_group() if self.sharded_checkpoints and world.size > 1 else None
         self.config_dict, self.config_hash = config.to_dict(), config.hash()
         self.last_saved_step = -1
         # The throughput meter adds its values to each fetched interval's last record (fetch).
@@ -106,9 +115,10 @@ class Training:
 
     def _register(self) -> StateRegistry:
         registry = StateRegistry()
-        sharded = self.sharded
-        registry.register("model", ModelState(self.model) if sharded else self.model, weights=True)
-        registry.register("optimizer", OptimizerState(self.model, self.optimizer) if sharded else self.optimizer)
+        sharded, by_name = self.sharded, self.sharded_checkpoints
+        registry.register("model", ModelState(self.model, sharded) if by_name else self.model, weights=True)
+        registry.register("optimizer", OptimizerState(self.model, self.optimizer, sharded) if by_name
+                          else self.optimizer)
         registry.register("scheduler", self.scheduler)
         if self.device_step.scaler is not None:
             registry.register("scaler", self.device_step.scaler)
@@ -117,8 +127,10 @@ class Training:
         registry.register("rng", RanksRNG(self.world))
         for callback in self.callbacks:
             if callback.key:
-                registry.register(callback.key, GatheredState(callback) if sharded else callback,
+                registry.register(callback.key, ShardedState(callback) if sharded else callback,
                                   weights=provides_weights(callback))
+        # What a sharded checkpoint writes through DCP: the entries whose tensors may be shards.
+        self.shard_entries = ["model", "optimizer", *(c.key for c in self.callbacks if c.key)]
         return registry
 
     # ---------------------------------------------------------------- budget
@@ -153,6 +165,7 @@ class Training:
     def train_step(self, batch) -> Split | None:
         """One optimizer step; its values stay on the device until ``log``. Out of memory under
         train.microbatch = "auto": nothing is recorded and the Split to retry the batch with is returned."""
+        self.writer.check()  # a background save that failed ends the run here, one step after
         lr = self.optimizer.param_groups[0]["lr"]
         self.rng_before_step = capture_rng() if self.config.train.microbatch == "auto" else None
         try:
@@ -269,8 +282,9 @@ class Training:
         if last is None:
             return None
         tested = {"last": last}
-        if any(entry["file"] == LINKS["best"] for entry in self.store.manifest()):
-            with self.evaluating(self.store.load_states(LINKS["best"])) as model:
+        best = next((entry for entry in self.store.manifest() if entry["file"] == LINKS["best"] + self.suffix), None)
+        if best is not None:
+            with self.evaluating(self._states(best, load_entry(self.store.folder, best))) as model:
                 tested["best"] = self.task.test(model, self.eval_context)
         return tested if self.world.main else None
 
@@ -280,17 +294,23 @@ class Training:
         kinds = {save.kind for save in saves}
         state = self.state
         if "preempt" not in kinds and state.batch_in_epoch == 0:
-            name, kind = f"checkpoint_epoch_{state.epoch:04d}.pt", "epoch"
+            name, kind = f"checkpoint_epoch_{state.epoch:04d}{self.suffix}", "epoch"
         else:
-            name, kind = f"checkpoint_step_{state.step:08d}.pt", "preempt" if "preempt" in kinds else "step"
-        links = ["last.pt", *(LINKS[k] for k in LINKS if k in kinds)]
+            name, kind = f"checkpoint_step_{state.step:08d}{self.suffix}", "preempt" if "preempt" in kinds else "step"
+        links = [link + self.suffix for link in ("last", *(LINKS[k] for k in LINKS if k in kinds))]
+        info = {"kind": kind, "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+                "saved": datetime.datetime.now().isoformat(timespec="seconds")}
+        wait = any(save.wait for save in saves)
+        if self.sharded_checkpoints:
+            self.writer.wait()  # one save at a time: the one before, and its collectives, have finished
         states = self.registry.state_dict()  # every rank: the random generators are gathered to rank 0
         self.last_saved_step = state.step
+        if self.sharded_checkpoints:
+            self._save_shards(name, links, info, states, wait)
+            return
         if not self.world.main:
             return
         payload = make_payload(states, self.config_dict, self.config_hash, self.world.size)
-        info = {"kind": kind, "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
-                "saved": datetime.datetime.now().isoformat(timespec="seconds")}
         store = self.store
 
         def write() -> None:
@@ -299,7 +319,31 @@ class Training:
                 store.link(name, link)
 
         self.writer.submit(write, str(store.folder / name))
-        if any(save.wait for save in saves):
+        if wait:
+            self.writer.wait()
+
+    def _save_shards(self, name: str, links: list[str], info: dict, states: dict, wait: bool) -> None:
+        """Every rank writes its shards (asynchronously: the step waits only for their copy to host memory);
+        once all are written and hashed, rank 0 adds state.pt and the store renames the folder into place."""
+        plain, tensors = split(states, self.shard_entries)
+        payload = make_payload(plain, self.config_dict, self.config_hash, self.world.size) if self.world.main else {}
+        store, rank, group = self.store, self.world.rank, self.checkpoint_group
+        tmp = temp_folder(store.folder, name)
+        upload = write_shards(tmp, tensors, group, self.config.checkpoint.async_write)
+
+        def finish() -> None:
+            if upload is not None:
+                upload.result()
+            hashes = gather_hashes(own_hashes(tmp, rank), group)
+            if hashes is None:  # not rank 0: its files are written and hashed
+                return
+            hashes[STATE] = write_state(tmp, serialize(payload))
+            store.enter_folder(tmp, name, hashes, info)
+            for link in links:
+                store.link(name, link)
+
+        self.writer.submit(finish, str(store.folder / name))
+        if wait:
             self.writer.wait()
 
     def load_checkpoint(self, warn: Callable[[str], None], check: Callable[[dict], None] | None = None,
@@ -312,12 +356,12 @@ class Training:
         and payload; None when no checkpoint loads."""
         self.writer.wait()
         self.world.barrier()  # every rank reads the checkpoint rank 0 has finished writing
-        newest = self.store.newest_valid(warn=warn)
+        newest = self._newest_valid(warn)
         if newest is None:
             return None
         if check is not None:
             check(newest[1])
-        self.registry.load_state_dict(payload_states(newest[1]), keep=keep)
+        self.registry.load_state_dict(self._states(*newest), keep=keep)
         self.device_step.micro_batches = self.state.micro_batches  # a split found before the checkpoint is kept
         if self.captured is not None:
             self.captured.release()  # the optimizer's state tensors were replaced: capture again
@@ -325,6 +369,24 @@ class Training:
         self.last_saved_step = self.state.step
         self.folder.truncate_history(self.state.step, self.state.epoch)
         return newest
+
+    def _newest_valid(self, warn: Callable[[str], None]) -> tuple[dict, dict] | None:
+        """(manifest entry, payload) of the newest checkpoint that loads. Sharded: rank 0 checks every file's
+        hash and the other ranks read the state.pt of the one it chose."""
+        if not self.sharded_checkpoints or self.world.size == 1:
+            return self.store.newest_valid(warn=warn)
+        found = self.store.newest_valid(warn=warn) if self.world.main else None
+        entry = self.world.broadcast(None if found is None else found[0])
+        if entry is None or self.world.main:
+            return found
+        return entry, load_entry(self.store.folder, entry, shards_checked=True)
+
+    def _states(self, entry: dict, payload: dict) -> dict:
+        """The registry's states a checkpoint holds; a sharded one's tensors read in this run's layout."""
+        states = payload_states(payload)
+        if not is_sharded(entry["file"]):
+            return states
+        return read_shards(self.store.folder / entry["file"], states, self.registry.states, self.checkpoint_group)
 
     def roll_back(self, decision: RollBack) -> Stop | None:
         """Reload the newest valid checkpoint (the policy keeps its own count) and scale the learning rate;
@@ -359,7 +421,7 @@ class Training:
 
     def whole_weights(self) -> dict[str, torch.Tensor]:
         """The model's state_dict with whole tensors (sharded: a collective every rank makes; rank 0 gets them)."""
-        return ModelState(self.model).state_dict() if self.sharded else self.model.state_dict()
+        return whole_model_state(self.model) if self.sharded else self.model.state_dict()
 
     def result(self) -> dict:
         state = self.state

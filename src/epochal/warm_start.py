@@ -17,12 +17,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from epochal.checkpoint import load_file, model_weights, read_checkpoint, read_safetensors, tensors_sha256
+from epochal.checkpoint import load_file, model_weights, read_safetensors, run_weights, tensors_sha256
 from epochal.config import InitConfig
 from epochal.errors import CheckpointError, ConfigError
 
 ALLOWED = "a run folder, a .pt checkpoint or a .safetensors file"
-RUN_WEIGHTS = {"last": "last.pt", "best": "best.pt", "ema": "model_ema.safetensors"}
+EMA_WEIGHTS = "model_ema.safetensors"  # written at a run's end; last and best come from its checkpoints
 
 
 def warm_start(model: nn.Module, init: InitConfig, log: Callable[[str], None]) -> dict | None:
@@ -90,14 +90,13 @@ def _run_weights(folder: Path, which: str) -> tuple[dict[str, torch.Tensor], dic
     checkpoints = folder / "checkpoints"
     if not checkpoints.is_dir():
         raise ConfigError(f"init.path: {folder} is not a run folder (no checkpoints/); allowed: {ALLOWED}")
-    name = RUN_WEIGHTS[which]
     try:
-        if name.endswith(".safetensors"):
-            if not (checkpoints / name).exists():
-                raise ConfigError(f"init.weights: {folder} has no EMA weights ({name}); allowed: last, best")
-            state = read_safetensors(checkpoints / name)
+        if which == "ema":
+            if not (checkpoints / EMA_WEIGHTS).exists():
+                raise ConfigError(f"init.weights: {folder} has no EMA weights ({EMA_WEIGHTS}); allowed: last, best")
+            state = read_safetensors(checkpoints / EMA_WEIGHTS)
         else:
-            state = _model_state(read_checkpoint(checkpoints, name), checkpoints / name)
+            state, _ = run_weights(checkpoints, which)  # a .pt's, or a sharded checkpoint's consolidated
     except CheckpointError as err:
         raise ConfigError(f"init.weights: {err}; allowed: last, best or ema weights the run kept") from None
     result = folder / "result.json"
