@@ -195,6 +195,7 @@ def test_under_torchrun_every_rank_gathers_a_checkpoint_s_state_and_only_rank_0_
 
     gathered, submitted = [], []
     run = SimpleNamespace(state=TrainState(step=4, epoch=1), world=World(rank=rank, size=2), config_dict={},
+                          suffix=".pt", sharded_checkpoints=False,
                           config_hash="", store=SimpleNamespace(folder=tmp_path),
                           registry=SimpleNamespace(state_dict=lambda: gathered.append(rank) or {}),
                           writer=SimpleNamespace(submit=lambda job, what: submitted.append(what), wait=lambda: None))
