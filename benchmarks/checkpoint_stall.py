@@ -101,7 +101,7 @@ def fsdp_run(args, out: str, run_id: str, asynchronous: bool) -> dict:
     during = [seconds for step, seconds in timed.stalls if step < result.result["steps"]]
     step_seconds = (result.result["metadata"]["train_seconds"] - sum(s for _, s in timed.stalls)) / steps
     return {"async": asynchronous, "stalls": during, "step": step_seconds,
-            "parameters": sum(p.numel() for p in model.parameters()) * int(os.environ.get("WORLD_SIZE", 1))}
+            "parameters": sum(p.numel() for p in model.parameters())}  # a sharded parameter counts whole
 
 
 def fsdp_worker(args) -> None:

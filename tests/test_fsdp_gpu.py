@@ -1,4 +1,5 @@
-"""train.parallel = "fsdp" on 2 GPUs (NCCL): bf16, CPU offload and activation checkpointing, exact resume.
+"""train.parallel = "fsdp" on 2 GPUs (NCCL): bf16, CPU offload and activation checkpointing, exact resume from
+sharded checkpoints (saved asynchronously: the copy to host memory, the write on a gloo group of its own).
 Skipped without two CUDA GPUs; the CPU (gloo) variants are tests/test_sharding.py."""
 
 import json
@@ -6,7 +7,7 @@ import json
 import pytest
 import torch
 
-from epochal.faults import KILL_ENV
+from epochal.faults import DELAY_ENV, KILL_ENV
 from test_ddp import Launch, assert_same_run, curves, runs_script
 from test_sharding import walks
 
@@ -25,7 +26,8 @@ def test_sharded_on_gpus_offloads_recomputes_and_resumes_exactly(tmp_path):
         code, output = launcher.run(runs_script(tmp_path, runs))
         assert code == 0, output
         killed = tmp_path / "killed"
-        code, output = launcher.run(runs_script(killed, [walks("fsdp", killed, **GPU)]), **{KILL_ENV: "7"})
+        # Steps slowed so that step 4's asynchronous sharded save is complete when step 7 kills the run.
+        code, output = launcher.run(runs_script(killed, [walks("fsdp", killed, **GPU)]), **{KILL_ENV: "7", DELAY_ENV: "0.2"})
         assert code != 0, output
         code, output = launcher.run(runs_script(killed, [{**walks("fsdp", killed, **GPU), "resume": "must"}]))
         assert code == 0 and "resuming from" in output, output
@@ -36,3 +38,4 @@ def test_sharded_on_gpus_offloads_recomputes_and_resumes_exactly(tmp_path):
     sharded, offloaded = (torch.tensor(curves(tmp_path / name)["train_loss"]) for name in ("fsdp", "offload"))
     assert torch.isfinite(sharded).all() and torch.allclose(sharded, offloaded, rtol=2e-2, atol=0)
     assert_same_run(tmp_path / "fsdp", killed / "fsdp")
+    assert (killed / "fsdp" / "checkpoints" / "last.dcp" / "__1_0.distcp").is_file()

@@ -30,7 +30,7 @@ def quiet(_line):
 
 
 def train(out, run_id, resume="never", log=quiet, callbacks=(), **settings):
-    return epochal.run("walks", overrides={**FSDP, "checkpoint.best_metric": "edge_compliance", **settings},
+    return epochal.run("walks", overrides={**FSDP, **settings},
                        out_dir=out, experiment_id=run_id, resume=resume, log=log, callbacks=list(callbacks))
 
 

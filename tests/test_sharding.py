@@ -31,7 +31,8 @@ SMALL = {"task.n_vertices": 32, "task.num_walks": 200, "task.eval_sequences": 40
 REGEX = {"task.n_train": 256, "task.n_val": 64, "task.n_test": 64, "task.n_test_ood": 32, "task.d_model": 16,
          "task.d_ff": 32, "train.batch_size": 32, "train.max_steps": 6, "train.log_every": 3,
          "early_stop.enabled": False, "log.plots": False, "train.progress": False}  # (sum, count) losses
-FSDP = {**SMALL, "train.parallel": "fsdp", "ema.enabled": True, "ema.decay": 0.9}
+FSDP = {**SMALL, "train.parallel": "fsdp", "ema.enabled": True, "ema.decay": 0.9,
+        "checkpoint.best_metric": "edge_compliance"}
 
 
 def walks(run_id, out, **settings):
@@ -74,10 +75,13 @@ def test_sharded_training_matches_ddp_and_its_own_variants(sharded):
     assert torch.allclose(bf16, fsdp, rtol=3e-2, atol=0)
     result = json.loads((sharded / "fsdp" / "result.json").read_text())
     assert result["status"] == "completed" and set(result["metrics"]) >= {"edge_compliance", "rule_compliance"}
+    assert "best.dcp" in result["checkpoints"]
 
 
 @pytest.mark.slow
 def test_a_sum_count_loss_accumulated_over_shards_is_the_whole_batchs(sharded):
+    tested = json.loads((sharded / "regex-1" / "result.json").read_text())["test"]
+    assert set(tested) == {"last", "best"}  # best.dcp's shards read back into the sharded model for its test
     whole, accumulated = losses(sharded / "regex-1"), losses(sharded / "regex-2")
     assert len(whole) == 6 and whole[-1] < whole[0]
     assert torch.allclose(whole, accumulated, rtol=1e-5, atol=0)
