@@ -190,3 +190,23 @@ def test_export_refuses_a_path_that_is_not_safetensors(whole, tmp_path, capsys):
     assert main(["export", str(whole[0]), "--to", str(tmp_path / "weights.bin")]) == 1
     assert capsys.readouterr().err.strip().endswith("does not end in .safetensors; allowed: a FILE.safetensors path")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_rollback_reloads_the_checkpoint_folder_before_the_bad_step(tmp_path):
+    seen = []
+
+    def poisoned(model, batch):
+        seen.append(round(float(batch[0][0, 0]), 6))  # the batch's first example names it
+        loss = ((model(batch[0]) - batch[1]) ** 2).mean()
+        return loss * float("nan") if len(seen) == 9 else loss  # step 9, once
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(96, 4), torch.randn(96, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    config = {"train": {"max_steps": 12, "batch_size": 8, "progress": False, "log_every": 1, "parallel": "fsdp",
+                        "nan_policy": "rollback"}, "checkpoint": {"every_steps": 3}, "log": {"plots": False}}
+    with pytest.warns(UserWarning, match="rolled back to step 6"):
+        result = epochal.fit(model, data, poisoned, config=config, out_dir=tmp_path, experiment_id="r", log=quiet)
+    assert result.status == "completed" and result.result["steps"] == 12
+    assert seen[9:12] == seen[6:9]  # the step-6 folder reloaded: batches 7, 8, 9 again
+    assert {"checkpoint_step_00000009.dcp", "checkpoint_epoch_0001.dcp"} <= set(result.result["checkpoints"])
