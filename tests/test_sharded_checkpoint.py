@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import epochal
 from epochal.audit import weights_hash
 from epochal.callbacks.base import Callback
-from epochal.checkpoint import CheckpointStore, load_file as load_checkpoint_file, read_manifest
+from epochal.checkpoint import CheckpointStore, load_file as load_checkpoint_file, read_manifest, tensors_sha256
 from epochal.cli import main
 from epochal.errors import CheckpointError
 from epochal.faults import DELAY_ENV
@@ -184,6 +184,19 @@ def test_export_load_run_and_init_from_read_checkpoint_folders(whole, tmp_path, 
     warm = train(tmp_path, "warm", **{"init.path": str(run_dir), "init.weights": "best", "train.max_steps": 4})
     env = json.loads((warm.run_dir / "env.json").read_text())
     assert env["init"]["parent"]["run_dir"] == str(run_dir.resolve())
+
+
+def test_a_checkpoint_folder_itself_loads_into_the_model_and_starts_a_run(whole, tmp_path):
+    run_dir, _ = whole
+    folder = run_dir / "checkpoints" / STEPS[0]
+    model = epochal.load_run(run_dir, weights="last").model
+    meta = epochal.load_checkpoint(folder, model)
+    assert meta["step"] == 4 and meta["config"]["train"]["parallel"] == "fsdp"
+    with pytest.raises(CheckpointError, match="optimizer state loads by resuming its run"):
+        epochal.load_checkpoint(folder, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    warm = train(tmp_path, "warm", **{"init.path": str(folder), "train.max_steps": 4})
+    assert json.loads((warm.run_dir / "env.json").read_text())["initial_weights_sha256"] == \
+        tensors_sha256(model.state_dict())
 
 
 def test_export_refuses_a_path_that_is_not_safetensors(whole, tmp_path, capsys):

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from epochal.checkpoint import (load_file, make_payload, payload_states, read_manifest, read_safetensors, run_weights,
-                                save_weights, serialize, sha256)
+from epochal.checkpoint import (folder_weights, load_file, make_payload, payload_states, read_manifest,
+                                read_safetensors, run_weights, save_weights, serialize, sha256)
 from epochal.config import RunConfig, load_toml
 from epochal.errors import CheckpointError, EpochalError
 from epochal.io import atomic_write_bytes, atomic_write_text
@@ -59,6 +59,12 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     (epoch, step, metrics, config, meta). The checksum is verified when the run's manifest or a
     ``.sha256`` file vouches for the file; a file holding code is refused, never run."""
     path = Path(path)
+    if path.is_dir() and path.suffix == ".dcp":  # a sharded checkpoint: its model, consolidated here
+        if optimizer is not None:
+            raise CheckpointError(f"{path}: a sharded checkpoint's optimizer state loads by resuming its run "
+                                  "(epochal resume); allowed here: the model alone")
+        model.load_state_dict(_to(folder_weights(path), map_location), strict=strict)
+        return _summary(load_file(path / "state.pt"))
     payload = load_file(path, _expected_sha256(path))
     states = payload_states(payload)
     model.load_state_dict(_to(states["model"], map_location), strict=strict)
@@ -66,7 +72,12 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         if "optimizer" not in states:
             raise CheckpointError(f"{path}: holds no optimizer state")
         optimizer.load_state_dict(states["optimizer"])
-    state = states.get("state", {})
+    return _summary(payload)
+
+
+def _summary(payload: dict) -> dict:
+    """What ``load_checkpoint`` returns of a checkpoint besides the weights."""
+    state = payload_states(payload).get("state", {})
     return {"epoch": state.get("epoch"), "step": state.get("step"), "metrics": state.get("metrics", {}),
             "config": payload.get("config", {}), "meta": payload.get("meta", {})}
 

@@ -257,7 +257,7 @@ def run_weights(checkpoints: Path, which: str) -> tuple[dict[str, torch.Tensor],
     entries = [e for e in read_manifest(checkpoints) if e["file"] in (f"{stem_name}.pt", f"{stem_name}.dcp")]
     if not entries:
         raise CheckpointError(f"{checkpoints}: holds no complete {stem_name} checkpoint")
-    entry = max(entries, key=lambda e: e["step"])  # after a run moved between DDP and FSDP: the newer
+    entry = max(entries, key=lambda e: e["step"])  # a run resumed with train.parallel changed holds both
     payload = load_entry(checkpoints, entry)
     key = "ema" if which == "ema" else "model"
     if key not in payload_states(payload):
@@ -266,6 +266,14 @@ def run_weights(checkpoints: Path, which: str) -> tuple[dict[str, torch.Tensor],
         return whole_tensors(checkpoints / entry["file"], "ema/shadow" if key == "ema" else "model"), entry
     state = payload_states(payload)[key]
     return (state["shadow"] if key == "ema" else state), entry
+
+
+def folder_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The model of the sharded checkpoint in the folder ``path``, whole, in this process; its files checked
+    against the manifest beside it when that lists it."""
+    entry = next((e for e in read_manifest(path.parent) if e["file"] == path.name), None)
+    load_folder(path, entry["files"] if entry else None)
+    return whole_tensors(path, "model")
 
 
 def read_manifest(folder: Path) -> list[dict]:

@@ -17,11 +17,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from epochal.checkpoint import load_file, model_weights, read_safetensors, run_weights, tensors_sha256
+from epochal.checkpoint import folder_weights, load_file, model_weights, read_safetensors, run_weights, tensors_sha256
+from epochal.sharded_checkpoint import is_sharded
 from epochal.config import InitConfig
 from epochal.errors import CheckpointError, ConfigError
 
-ALLOWED = "a run folder, a .pt checkpoint or a .safetensors file"
+ALLOWED = "a run folder, a .pt checkpoint, a sharded checkpoint's .dcp folder or a .safetensors file"
 EMA_WEIGHTS = "model_ema.safetensors"  # written at a run's end; last and best come from its checkpoints
 
 
@@ -62,6 +63,11 @@ def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
 
 
 def _source_weights(path: Path, which: str) -> tuple[dict[str, torch.Tensor], dict | None]:
+    if path.is_dir() and is_sharded(path.name):
+        try:
+            return folder_weights(path), None
+        except CheckpointError as err:
+            raise ConfigError(f"init.path: {err}") from None
     if path.is_dir():
         return _run_weights(path, which)
     if not path.exists():
