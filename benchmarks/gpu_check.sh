@@ -18,7 +18,7 @@ tests_status=$?
 "$PYTHON" benchmarks/gpu_speed.py --budget "${GPU_SPEED_BUDGET:-170}" --concurrent --json gpu_speed.json \
     --tests "$(tail -n 1 gpu-tests.log)" || exit 1
 if [ -n "${GPU_STALL:-}" ]; then  # opt in (a few minutes): a 1B-parameter model's sharded save, sync vs async
-    "$PYTHON" benchmarks/checkpoint_stall.py --fsdp --procs "$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')" \
-        --width 8192 --depth 15 --every 3 --saves 2 --repeats 1 | tee gpu-stall.log || exit 1
+    gpus=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
+    "$PYTHON" benchmarks/checkpoint_stall.py --fsdp --procs "$gpus" --width 8192 --depth 15 --every 3 --saves 2 --repeats 1 | tee gpu-stall.log || exit 1
 fi
 exit "$tests_status"

@@ -27,7 +27,8 @@ def test_sharded_on_gpus_offloads_recomputes_and_resumes_exactly(tmp_path):
         assert code == 0, output
         killed = tmp_path / "killed"
         # Steps slowed so that step 4's asynchronous sharded save is complete when step 7 kills the run.
-        code, output = launcher.run(runs_script(killed, [walks("fsdp", killed, **GPU)]), **{KILL_ENV: "7", DELAY_ENV: "0.2"})
+        code, output = launcher.run(runs_script(killed, [walks("fsdp", killed, **GPU)]),
+                                    **{KILL_ENV: "7", DELAY_ENV: "0.2"})
         assert code != 0, output
         code, output = launcher.run(runs_script(killed, [{**walks("fsdp", killed, **GPU), "resume": "must"}]))
         assert code == 0 and "resuming from" in output, output

@@ -33,8 +33,8 @@ from epochal.errors import CheckpointError, EpochalError
 from epochal.io import (TEMP_MARK, WriteError, atomic_write_bytes, atomic_write_text, fsync_dir, remove_stale_temps,
                         temp_path)
 from epochal.run_folder import MANIFEST, checkpoint_files
-from epochal.sharded_checkpoint import (STATE, file_sha256, folder_sha256, is_sharded, remove_stale_folders, temp_folder,
-                                        whole_tensors)
+from epochal.sharded_checkpoint import (STATE, file_sha256, folder_sha256, is_sharded, remove_stale_folders,
+                                        temp_folder, whole_tensors)
 
 ROLLING_KINDS = ("epoch", "step", "preempt")
 

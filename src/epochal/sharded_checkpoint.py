@@ -219,8 +219,9 @@ def read_shards(path: Path, plain: dict, current: Callable[[list[str]], dict], g
     _, tensors = split(current(names), names)
     missing, unknown = sorted(set(tensors) - set(wanted)), sorted(set(wanted) - set(tensors))
     if missing or unknown:
+        differing = (("not in the checkpoint", missing), ("not in this run", unknown))
         shown = "; ".join(f"{what}: {', '.join(paths[:4])}{' ...' if len(paths) > 4 else ''}"
-                          for what, paths in (("not in the checkpoint", missing), ("not in this run", unknown)) if paths)
+                          for what, paths in differing if paths)
         raise CheckpointError(f"{path}: its tensors differ from this run's ({shown}); it was written by a run with "
                               "another model or settings")
     fresh = {name: torch.empty_like(tensor) for name, tensor in tensors.items()}  # the live ones stay as they are
@@ -238,7 +239,8 @@ def load_tensors(path: Path, tensors: dict[str, torch.Tensor], group=None) -> No
         raise
     except Exception as err:  # DCP reports a damaged or mismatching shard in several ways
         detail = (str(err).strip().splitlines() or [""])[-1][:300]
-        raise CheckpointError(f"{path}: its shards do not read into this run ({type(err).__name__}: {detail})") from None
+        raise CheckpointError(f"{path}: its shards do not read into this run ({type(err).__name__}: "
+                              f"{detail})") from None
 
 
 def whole_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:

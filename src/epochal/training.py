@@ -35,8 +35,8 @@ from epochal.graphs import CapturedStep, check_capturable, check_fixed_shapes
 from epochal.optim import build_adamw, make_schedule, resolve_warmup_steps
 from epochal.run_folder import RunFolder
 from epochal.registry import StateRegistry
-from epochal.sharded_checkpoint import (STATE, SUFFIX, gather_hashes, is_sharded, new_group, own_hashes, read_shards, split,
-                                        temp_folder, write_shards, write_state)
+from epochal.sharded_checkpoint import (STATE, SUFFIX, gather_hashes, is_sharded, new_group, own_hashes, read_shards,
+                                        split, temp_folder, write_shards, write_state)
 from epochal.sharding import ModelState, OptimizerState, ShardedState, gathered, no_sync, whole_model_state
 from epochal.signals import PreemptionSignals
 from epochal.state import TrainState, capture_rng, restore_rng
