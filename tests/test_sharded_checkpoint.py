@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import shutil
+import time
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from epochal.checkpoint import CheckpointStore, load_file as load_checkpoint_fil
 from epochal.cli import main
 from epochal.errors import CheckpointError
 from epochal.faults import DELAY_ENV
-from epochal.sharded_checkpoint import MARK, file_sha256, join, marked, read_index, split, temp_folder
+from epochal.sharded_checkpoint import MARK, file_sha256, join, marked, read_index, split, temp_folder, whole_tensors
 from test_ddp import curves
 from test_sharding import FSDP
 
@@ -223,3 +224,26 @@ def test_a_rollback_reloads_the_checkpoint_folder_before_the_bad_step(tmp_path):
     assert result.status == "completed" and result.result["steps"] == 12
     assert seen[9:12] == seen[6:9]  # the step-6 folder reloaded: batches 7, 8, 9 again
     assert {"checkpoint_step_00000009.dcp", "checkpoint_epoch_0001.dcp"} <= set(result.result["checkpoints"])
+
+
+def test_the_copy_of_an_asynchronous_save_ends_before_the_next_step_changes_what_it_copies(tmp_path, monkeypatch):
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+    import epochal.training
+
+    class SlowCopy(DefaultStager):
+        def _stage(self, state_dict, **kwargs):
+            time.sleep(0.3)  # the next step's forward and backward are done long before
+            return super()._stage(state_dict, **kwargs)
+
+    def slow_stager(device):
+        return SlowCopy(StagingOptions(use_pinned_memory=False, use_shared_memory=False, use_async_staging=True,
+                                       use_non_blocking_copy=False))
+
+    synchronous = train(tmp_path, "sync", **{"checkpoint.async_write": False}).run_dir
+    monkeypatch.setattr(epochal.training, "new_stager", slow_stager)
+    overlapped = train(tmp_path, "async").run_dir
+    for name in STEPS:
+        for entry in ("model", "optimizer", "ema"):
+            saved, expected = (whole_tensors(run / "checkpoints" / name, entry) for run in (overlapped, synchronous))
+            assert all(torch.equal(saved[key], expected[key]) for key in expected), (name, entry)

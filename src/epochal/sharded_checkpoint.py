@@ -122,16 +122,33 @@ def new_group():
     return dist.new_group(backend="gloo") if dist.is_initialized() else None
 
 
-def write_shards(tmp: Path, tensors: dict[str, torch.Tensor], group, asynchronous: bool) -> Future | None:
-    """Every rank's part of ``tensors`` into ``tmp`` (a collective); asynchronously: once the tensors are copied
-    to host memory, with the Future of the write."""
+def new_stager(device: torch.device):
+    """What copies an asynchronous save's tensors to host memory, on a thread of its own, so that the copy
+    overlaps the next step's forward and backward (into pinned memory, without blocking, from a GPU); kept for
+    the run, so the pinned buffers are reused."""
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+    gpu = device.type == "cuda"
+    return DefaultStager(StagingOptions(use_pinned_memory=gpu, use_shared_memory=False, use_async_staging=True,
+                                        use_non_blocking_copy=gpu))
+
+
+def write_shards(tmp: Path, tensors: dict[str, torch.Tensor], group,
+                 stager=None) -> tuple[Future | None, Future | None]:
+    """Every rank's part of ``tensors`` into ``tmp`` (a collective). With a ``stager`` (asynchronously): the
+    Futures of the copy to host memory (until it is done, nothing may change ``tensors``) and of the write."""
     import torch.distributed.checkpoint as dcp
 
     writer = dcp.FileSystemWriter(str(tmp), sync_files=True)
-    if asynchronous:
-        return dcp.async_save(tensors, storage_writer=writer, process_group=group, no_dist=group is None)
-    dcp.save(tensors, storage_writer=writer, process_group=group, no_dist=group is None)
-    return None
+    if stager is None:
+        dcp.save(tensors, storage_writer=writer, process_group=group, no_dist=group is None)
+        return None, None
+    gpus = {tensor.device for tensor in tensors.values() if tensor.device.type == "cuda"}
+    for gpu in gpus:  # the step that produced these values has finished before the copy reads them
+        torch.cuda.synchronize(gpu)
+    saving = dcp.async_save(tensors, storage_writer=writer, process_group=group, no_dist=group is None,
+                            async_stager=stager)
+    return saving.staging_completion, saving.upload_completion
 
 
 def own_hashes(tmp: Path, rank: int) -> dict[str, str]:

@@ -29,14 +29,14 @@ from epochal.config import RunConfig, compile_mode
 from epochal.data import make_batches
 from epochal.decisions import Decision, RollBack, Save, Split, Stop, as_decisions
 from epochal.distributed import ALONE, RanksRNG, World
-from epochal.errors import ConfigError, EpochalError
+from epochal.errors import CheckpointError, ConfigError, EpochalError
 from epochal.faults import fault_hooks
 from epochal.graphs import CapturedStep, check_capturable, check_fixed_shapes
 from epochal.optim import build_adamw, make_schedule, resolve_warmup_steps
 from epochal.run_folder import RunFolder
 from epochal.registry import StateRegistry
-from epochal.sharded_checkpoint import (STATE, SUFFIX, gather_hashes, is_sharded, new_group, own_hashes, read_shards,
-                                        split, temp_folder, write_shards, write_state)
+from epochal.sharded_checkpoint import (STATE, SUFFIX, gather_hashes, is_sharded, new_group, new_stager, own_hashes,
+                                        read_shards, split, temp_folder, write_shards, write_state)
 from epochal.sharding import ModelState, OptimizerState, ShardedState, gathered, no_sync, whole_model_state
 from epochal.signals import PreemptionSignals
 from epochal.state import TrainState, capture_rng, restore_rng
@@ -100,6 +100,12 @@ class Training:
         self.writer = BackgroundWriter(config.checkpoint.async_write)
         # Sharded checkpoints' collectives, on a group of their own: a background save's never meet training's.
         self.checkpoint_group = new_group() if self.sharded_checkpoints and world.size > 1 else None
+        # An asynchronous sharded save copies the tensors on a thread while the next step computes: whatever would
+        # change them (the optimizer's step, an evaluation's weight swap) first waits for the copy (await_staging).
+        async_shards = self.sharded_checkpoints and config.checkpoint.async_write
+        self.stager, self.staging = (new_stager(device) if async_shards else None), None
+        if async_shards:
+            self.optimizer.register_step_pre_hook(lambda *_: self.await_staging())
         self.config_dict, self.config_hash = config.to_dict(), config.hash()
         self.last_saved_step = -1
         # The throughput meter adds its values to each fetched interval's last record (fetch).
@@ -233,6 +239,7 @@ class Training:
         """Evaluate inside this block: eval mode, no grad, the evaluation weights (EMA) swapped in,
         random numbers from a fixed seed; ``states`` (a checkpoint's) replace the weights for the block.
         Everything, the weights and the training RNG included, is restored on the way out."""
+        self.await_staging()  # an evaluation's weights (EMA) are swapped into the parameters being copied
         rng = capture_rng()
         torch.manual_seed(self.config.train.seed)
         was_training = self.model.training
@@ -329,7 +336,7 @@ class Training:
         payload = make_payload(plain, self.config_dict, self.config_hash, self.world.size) if self.world.main else {}
         store, rank, group = self.store, self.world.rank, self.checkpoint_group
         tmp = temp_folder(store.folder, name)
-        upload = write_shards(tmp, tensors, group, self.config.checkpoint.async_write)
+        self.staging, upload = write_shards(tmp, tensors, group, self.stager)
 
         def finish() -> None:
             if upload is not None:
@@ -345,6 +352,16 @@ class Training:
         self.writer.submit(finish, str(store.folder / name))
         if wait:
             self.writer.wait()
+
+    def await_staging(self) -> None:
+        """Until an asynchronous save's copy to host memory is done, nothing may change what it copies."""
+        if self.staging is not None:
+            staging, self.staging = self.staging, None
+            try:
+                staging.result()
+            except Exception as err:  # one line, as a write that fails says it
+                raise CheckpointError(f"checkpoint: cannot copy the shards to host memory ({type(err).__name__}: "
+                                      f"{err}); earlier checkpoints are intact") from err
 
     def load_checkpoint(self, warn: Callable[[str], None], check: Callable[[dict], None] | None = None,
                         keep: tuple[str, ...] = ()) -> tuple[dict, dict] | None:
@@ -406,6 +423,7 @@ class Training:
         """model.safetensors, and model_<key>.safetensors for each callback's evaluation weights (EMA)."""
         if not self.world.main and not self.sharded:
             return
+        self.await_staging()
         folder = self.store.folder
         self._export(folder / "model.safetensors")
         for callback in self.callbacks:
