@@ -37,10 +37,10 @@ def train(out, run_id, resume="never", log=quiet, callbacks=(), **settings):
 
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
-    """An FSDP run in one process, uninterrupted, and what it printed."""
+    """An FSDP run in one process, uninterrupted: its folder, what it printed, its Result."""
     out, lines = tmp_path_factory.mktemp("one"), []
     result = train(out, "whole", log=lines.append)
-    return result.run_dir, lines
+    return result.run_dir, lines, result
 
 
 def copy(run_dir, tmp_path, name="copy"):
@@ -61,7 +61,7 @@ def test_split_join_round_trip_keeps_plain_values_and_marks_tensors():
 
 
 def test_one_process_keeps_the_model_whole_and_writes_checkpoint_folders(whole):
-    run_dir, lines = whole
+    run_dir, lines, _ = whole
     assert any("train.parallel = 'fsdp' in one process: the model stays whole" in line for line in lines)
     entries = {entry["file"]: entry for entry in read_manifest(run_dir / "checkpoints")}
     assert set(entries) == {*STEPS, "last.dcp", "best.dcp"}
@@ -77,7 +77,7 @@ def test_one_process_keeps_the_model_whole_and_writes_checkpoint_folders(whole):
 
 
 def test_a_damaged_shard_falls_back_to_the_checkpoint_before(whole, tmp_path):
-    run_dir, lines = whole
+    run_dir, lines, _ = whole
     damaged = copy(run_dir, tmp_path)
     newest = [entry["file"] for entry in read_manifest(damaged / "checkpoints") if entry["step"] == 12]
     for name in newest:  # last.dcp and best.dcp are hard links of step 12's files (a copy made them files)
@@ -94,7 +94,7 @@ def test_a_damaged_shard_falls_back_to_the_checkpoint_before(whole, tmp_path):
 
 
 def test_the_manifest_is_rebuilt_from_the_folders_that_verify(whole, tmp_path):
-    run_dir, _ = whole
+    run_dir, _, _ = whole
     checkpoints = copy(run_dir, tmp_path) / "checkpoints"
     before = {entry["file"]: entry["files"] for entry in read_manifest(checkpoints)}
     (checkpoints / "manifest.json").unlink()
@@ -172,7 +172,7 @@ def test_the_index_of_a_checkpoint_admits_no_code(tmp_path):
 
 
 def test_export_load_run_and_init_from_read_checkpoint_folders(whole, tmp_path, capsys):
-    run_dir, _ = whole
+    run_dir, _, _ = whole
     checkpoints = run_dir / "checkpoints"
     for weights, written in (("last", "model.safetensors"), ("ema", "model_ema.safetensors")):
         assert main(["export", str(run_dir), "--weights", weights, "--to", str(tmp_path / f"{weights}.safetensors")]) == 0
@@ -180,6 +180,8 @@ def test_export_load_run_and_init_from_read_checkpoint_folders(whole, tmp_path, 
         assert set(exported) == set(expected) and all(torch.equal(exported[k], expected[k]) for k in expected)
     assert "the ema weights of" in capsys.readouterr().out
     loaded = epochal.load_run(run_dir, weights="last")
+    assert whole[2].best_weights == checkpoints / "best.dcp"
+    assert epochal.load_checkpoint(whole[2].best_weights, loaded.model)["step"] > 0
     assert all(torch.equal(value, expected[name]) for name, value in loaded.model.state_dict().items()
                for expected in [load_file(checkpoints / "model.safetensors")])
     warm = train(tmp_path, "warm", **{"init.path": str(run_dir), "init.weights": "best", "train.max_steps": 4})
@@ -188,7 +190,7 @@ def test_export_load_run_and_init_from_read_checkpoint_folders(whole, tmp_path, 
 
 
 def test_a_checkpoint_folder_itself_loads_into_the_model_and_starts_a_run(whole, tmp_path):
-    run_dir, _ = whole
+    run_dir, _, _ = whole
     folder = run_dir / "checkpoints" / STEPS[0]
     model = epochal.load_run(run_dir, weights="last").model
     meta = epochal.load_checkpoint(folder, model)

@@ -65,8 +65,9 @@ class Result:
 
     @property
     def best_weights(self) -> Path | None:
-        """best.pt: the checkpoint of the best evaluation (checkpoint.best_metric)."""
-        return self._checkpoint_file("best.pt")
+        """best.pt (under train.parallel = "fsdp" the folder best.dcp): the checkpoint of the best evaluation
+        (checkpoint.best_metric); epochal.load_checkpoint takes either."""
+        return self._checkpoint_file("best.pt") or self._checkpoint_file("best.dcp")
 
     @property
     def ema_weights(self) -> Path | None:

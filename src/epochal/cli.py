@@ -58,7 +58,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    "improvement of early_stop.metric (early_stop.patience; turns early_stop.enabled on)")
     p.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N epochs (checkpoint.every_epochs)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
-    p.add_argument("--init-from", metavar="PATH", help="start from a run folder's, .pt's or .safetensors' weights (init.path)")
+    p.add_argument("--init-from", metavar="PATH", help="start from a run folder's, .pt's, .dcp folder's or .safetensors' weights (init.path)")
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels (train.deterministic)")
     p.add_argument("--out", help="results folder (default: results)")
     p.add_argument("--id", dest="experiment_id", help="run folder name: A-Z a-z 0-9 . _ -, not starting with '.', "

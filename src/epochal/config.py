@@ -226,7 +226,7 @@ class LogConfig:
 class InitConfig:
     """Warm start: a new run that begins from another run's (or file's) weights."""
 
-    path: str = ""  # a run folder, a .pt checkpoint or a .safetensors file; empty: fresh weights
+    path: str = ""  # a run folder, a .pt checkpoint, a sharded checkpoint's .dcp folder or a .safetensors file; empty: fresh weights
     weights: Literal["last", "best", "ema"] = "last"  # which weights of a run folder
     strict: bool = False  # false: load what matches and report missing/unexpected keys (fine-tuning a changed head)
     freeze: list[str] = field(default_factory=list)  # parameter-name patterns (fnmatch) kept fixed in training
