@@ -23,6 +23,11 @@ judged by one yardstick:
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/flow_eval.py \
         --before-src /tmp/before/src --before-configs /tmp/before/src/epochal/recipes
     PYTHONPATH=src python benchmarks/flow_eval.py --score-only          # rescore the saved runs
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/flow_eval.py --recipes flow-8gaussians \
+        --set optim.lr=1e-3 --set train.max_epochs=500 --out /tmp/flow-lr1e-3    # a variant of a recipe
+
+A --set that leaves training alone (task.quality_every, say) gives the same final weights: the
+quality measures draw from noise of their own, not from the training random numbers.
 
 Timings are min / median / max over the seeds; run with one thread, since other
 work shares this machine's two cores.
@@ -56,6 +61,7 @@ except ImportError:
 from epochal.tasks.flow import task as flow_task
 
 recipe, seed, out_dir, experiment_id = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+overrides = json.loads(sys.argv[5])
 spent = {"evaluate": [], "test": [], "plot": [], "setup": []}
 
 def timed(kind, function):
@@ -83,7 +89,7 @@ else:  # checkouts before the loop rewrite: the task's calls only
 flow_task.SamplePlot.on_fit_end = timed("plot", flow_task.SamplePlot.on_fit_end)
 flow_task.make_eval_context = timed("setup", flow_task.make_eval_context)
 started = time.perf_counter()
-result = train("flow", recipe, overrides={"train.seed": seed, "train.progress": False}, out_dir=out_dir,
+result = train("flow", recipe, overrides={**overrides, "train.seed": seed, "train.progress": False}, out_dir=out_dir,
              experiment_id=experiment_id, overwrite=True, log=lambda line: None)
 wall = time.perf_counter() - started
 print(json.dumps({"wall": wall, "spent": spent, "timed": loop_run.__name__ if loop_run else "task", "run_dir": str(result.run_dir), "epochs": result.result["epochs"],
@@ -92,10 +98,12 @@ print(json.dumps({"wall": wall, "spent": spent, "timed": loop_run.__name__ if lo
 """
 
 
-def train(src: Path, recipe: Path, seed: int, out_dir: Path) -> dict:
+def train(src: Path, recipe: Path, seed: int, out_dir: Path, overrides: dict | None = None) -> dict:
+    """Train ``recipe`` with ``seed`` (and ``overrides``, dotted keys as --set takes them) in a child process."""
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     name = f"{recipe.stem}-seed{seed}"
-    done = subprocess.run([sys.executable, "-c", CHILD, str(recipe), str(seed), str(out_dir), name],
+    done = subprocess.run([sys.executable, "-c", CHILD, str(recipe), str(seed), str(out_dir), name,
+                           json.dumps(overrides or {})],
                           env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"training {name} failed:\n{done.stderr[-3000:]}")
@@ -217,7 +225,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/flow-bench"))
     parser.add_argument("--score-only", action="store_true", help="rescore the runs saved by an earlier call")
     parser.add_argument("--draws", type=int, default=20, help="sample draws (and at least 20 floor draws) per score")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a recipe setting in every run, as `epochal run --set` does (repeatable)")
     args = parser.parse_args()
+    from epochal.config import ConfigError, parse_override
+
+    try:
+        overrides = dict(parse_override(text) for text in args.overrides)
+    except ConfigError as error:
+        parser.error(str(error))
 
     trees = {"after": (args.src, args.configs)}
     if args.before_src:
@@ -230,7 +246,7 @@ def main() -> None:
         for recipe in args.recipes:
             for seed in args.seeds:
                 for label, (src, configs) in trees.items():  # interleaved: both see the same machine load
-                    record = train(src, configs / f"{recipe}.toml", seed, args.out / label)
+                    record = train(src, configs / f"{recipe}.toml", seed, args.out / label, overrides)
                     records.append({**record, "label": label})
                     print(f"trained {label} {recipe} seed {seed}: {record['wall']:.1f} s", file=sys.stderr, flush=True)
                     args.out.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ enabled = false
 
 def test_flow_eval_times_every_evaluation_inside_the_one_run(tmp_path):
     """benchmarks/flow_eval.py's child times the loop's evaluate and test, the set-up and the plot of one run,
-    so the evaluation share is a part of that run's own wall time."""
+    so the evaluation share is a part of that run's own wall time; --set's overrides reach that run."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import flow_eval
@@ -76,10 +76,11 @@ def test_flow_eval_times_every_evaluation_inside_the_one_run(tmp_path):
         sys.path.remove(str(ROOT / "benchmarks"))
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(TINY_FLOW)
-    record = flow_eval.train(ROOT / "src", recipe, 0, tmp_path / "runs")
+    record = flow_eval.train(ROOT / "src", recipe, 0, tmp_path / "runs", {"train.max_epochs": 3})
     spent = record["spent"]
+    assert record["epochs"] == 3  # the recipe says 2
     assert record["timed"] == "Training"  # the loop's own calls, not the older task-only fallback
-    assert (len(spent["evaluate"]), len(spent["test"]), len(spent["setup"]), len(spent["plot"])) == (2, 1, 1, 1)
+    assert (len(spent["evaluate"]), len(spent["test"]), len(spent["setup"]), len(spent["plot"])) == (3, 1, 1, 1)
     evaluation = sum(sum(spent[kind]) for kind in flow_eval.EVALUATION)
     assert 0 < evaluation < record["wall"]
     share = next(line for line in flow_eval.timing_lines([record]) if "% of wall time" in line)
