@@ -258,14 +258,13 @@ def run_weights(checkpoints: Path, which: str) -> tuple[dict[str, torch.Tensor],
     if not entries:
         raise CheckpointError(f"{checkpoints}: holds no complete {stem_name} checkpoint")
     entry = max(entries, key=lambda e: e["step"])  # a run resumed with train.parallel changed holds both
-    payload = load_entry(checkpoints, entry)
+    states = payload_states(load_entry(checkpoints, entry))
     key = "ema" if which == "ema" else "model"
-    if key not in payload_states(payload):
+    if key not in states:
         raise CheckpointError(f"{checkpoints / entry['file']}: holds no {key} weights (the run had ema.enabled off)")
     if is_sharded(entry["file"]):
         return whole_tensors(checkpoints / entry["file"], "ema/shadow" if key == "ema" else "model"), entry
-    state = payload_states(payload)[key]
-    return (state["shadow"] if key == "ema" else state), entry
+    return (states[key]["shadow"] if key == "ema" else states[key]), entry
 
 
 def folder_weights(path: Path) -> dict[str, torch.Tensor]:

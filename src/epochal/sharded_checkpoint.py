@@ -75,44 +75,39 @@ def remove_stale_folders(folder: Path) -> None:
                 pass
 
 
+def _tree_map(value: Any, leaf: Callable[[Any, str], Any], path: str) -> Any:
+    """``value`` with every leaf replaced by ``leaf(it, its path)``: keys and list indices joined by "/"."""
+    if isinstance(value, dict):
+        return {key: _tree_map(item, leaf, f"{path}/{key}" if path else str(key)) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_tree_map(item, leaf, f"{path}/{i}") for i, item in enumerate(value))
+    return leaf(value, path)
+
+
 def split(states: dict, names: Iterable[str]) -> tuple[dict, dict[str, torch.Tensor]]:
     """(``states`` with every tensor of the entries ``names`` replaced by MARK, those tensors by path)."""
     tensors: dict[str, torch.Tensor] = {}
 
-    def walk(value: Any, path: str) -> Any:
-        if isinstance(value, torch.Tensor):
-            tensors[path] = value
-            return MARK
-        if isinstance(value, dict):
-            return {key: walk(item, f"{path}/{key}") for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(walk(item, f"{path}/{i}") for i, item in enumerate(value))
-        return value
+    def take(value: Any, path: str) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        tensors[path] = value
+        return MARK
 
     names = set(names)
-    return {name: walk(state, name) if name in names else state for name, state in states.items()}, tensors
+    return {name: _tree_map(state, take, name) if name in names else state for name, state in states.items()}, tensors
 
 
-def marked(plain: Any, path: str = "") -> list[str]:
+def marked(plain: Any) -> list[str]:
     """The paths of ``plain``'s tensors held by DCP."""
-    if isinstance(plain, str):
-        return [path] if plain == MARK else []
-    if isinstance(plain, dict):
-        return [found for key, item in plain.items() for found in marked(item, f"{path}/{key}" if path else str(key))]
-    if isinstance(plain, (list, tuple)):
-        return [found for i, item in enumerate(plain) for found in marked(item, f"{path}/{i}")]
-    return []
+    found: list[str] = []
+    _tree_map(plain, lambda value, path: found.append(path) if isinstance(value, str) and value == MARK else None, "")
+    return found
 
 
-def join(plain: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+def join(plain: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """``plain`` with each MARK replaced by its tensor."""
-    if isinstance(plain, str) and plain == MARK:
-        return tensors[path]
-    if isinstance(plain, dict):
-        return {key: join(item, tensors, f"{path}/{key}" if path else str(key)) for key, item in plain.items()}
-    if isinstance(plain, (list, tuple)):
-        return type(plain)(join(item, tensors, f"{path}/{i}") for i, item in enumerate(plain))
-    return plain
+    return _tree_map(plain, lambda value, path: tensors[path] if isinstance(value, str) and value == MARK else value, "")
 
 
 # ------------------------------------------------------------------ writing

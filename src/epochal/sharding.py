@@ -10,8 +10,8 @@ What a sharded model changes elsewhere, each in one place:
 
 - the state of the model and the optimizer goes through ``torch.distributed.checkpoint.state_dict``
   (``ModelState``/``OptimizerState``): each rank's shards under the model's own parameter names, which
-  sharded checkpoints (sharded_checkpoint.py) write as they are, rank by rank; any other registered state
-  holding sharded tensors (the EMA shadow) loads whole tensors cut to its shards (``ShardedState``);
+  sharded checkpoints (sharded_checkpoint.py) write and read back rank by rank, as they do any other
+  registered state holding shards (the EMA shadow);
 - gradient accumulation holds the reduce-scatter with ``set_requires_gradient_sync`` (``no_sync``);
 - evaluation and test run on every rank with the whole parameters gathered (``gathered``): a forward pass needs
   every rank's shards, and a task's evaluation may call the model's other methods.
@@ -118,28 +118,11 @@ def whole_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def _load_options(sharded: bool, state: Any):
-    """Shards load as they are; whole tensors into a sharded model (a checkpoint written before sharded
-    checkpoints) come from rank 0, each rank cutting its shard."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    if sharded and not _holds_shards(state):
-        return StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    return StateDictOptions()
-
-
-def _holds_shards(value: Any) -> bool:
-    if isinstance(value, dict):
-        return any(_holds_shards(item) for item in value.values())
-    return hasattr(value, "device_mesh")
-
-
 class ModelState:
-    """The model's state under its own parameter names: each rank's shards when ``sharded`` (whole tensors on
-    one process); loads either back."""
+    """The model's state under its own parameter names: each rank's shards (whole tensors in one process)."""
 
-    def __init__(self, model: nn.Module, sharded: bool):
-        self.model, self.sharded = model, sharded
+    def __init__(self, model: nn.Module):
+        self.model = model
 
     def state_dict(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -149,15 +132,14 @@ class ModelState:
     def load_state_dict(self, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-        set_model_state_dict(self.model, state, options=_load_options(self.sharded, state))
+        set_model_state_dict(self.model, state)
 
 
 class OptimizerState:
-    """The optimizer's state keyed by parameter name (so it fits any world size): each rank's shards when
-    ``sharded``; loads either back."""
+    """The optimizer's state keyed by parameter name, so that it fits any world size: each rank's shards."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool):
-        self.model, self.optimizer, self.sharded = model, optimizer, sharded
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
 
     def state_dict(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -167,42 +149,7 @@ class OptimizerState:
     def load_state_dict(self, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-        set_optimizer_state_dict(self.model, self.optimizer, state,
-                                 options=_load_options(self.sharded, state.get("state", {})))
-
-
-class ShardedState:
-    """Any other state holding sharded tensors (the EMA shadow): saved as its shards; whole tensors (a
-    checkpoint written before sharded checkpoints) load cut to the layout the entry's own tensors have."""
-
-    def __init__(self, entry):
-        self.entry = entry
-
-    def state_dict(self) -> dict:
-        return self.entry.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.entry.load_state_dict(_map(state, _like, self.entry.state_dict()))
-
-
-def _like(value: Any, current: Any) -> Any:
-    """``value`` (a whole tensor) cut to this rank's shard when ``current`` is sharded and it is not yet."""
-    if isinstance(value, torch.Tensor) and hasattr(current, "device_mesh") and not hasattr(value, "device_mesh"):
-        from torch.distributed.tensor import distribute_tensor
-
-        return distribute_tensor(value.to(current.device, current.dtype), current.device_mesh, current.placements,
-                                 src_data_rank=None)
-    return value
-
-
-def _map(value: Any, convert: Callable[[Any, Any], Any], current: Any = None) -> Any:
-    """``convert(leaf, current leaf)`` over nested dicts and lists, paired with ``current`` where it has them."""
-    if isinstance(value, dict):
-        return {k: _map(v, convert, current.get(k) if isinstance(current, dict) else None) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        paired = current if isinstance(current, (list, tuple)) and len(current) == len(value) else [None] * len(value)
-        return type(value)(_map(v, convert, c) for v, c in zip(value, paired))
-    return convert(value, current)
+        set_optimizer_state_dict(self.model, self.optimizer, state)
 
 
 def local_parameter_count(model: nn.Module) -> int:

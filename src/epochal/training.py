@@ -37,7 +37,7 @@ from epochal.run_folder import RunFolder
 from epochal.registry import StateRegistry
 from epochal.sharded_checkpoint import (STATE, SUFFIX, gather_hashes, is_sharded, new_group, new_stager, own_hashes,
                                         read_shards, split, temp_folder, write_shards, write_state)
-from epochal.sharding import ModelState, OptimizerState, ShardedState, gathered, no_sync, whole_model_state
+from epochal.sharding import ModelState, OptimizerState, gathered, no_sync, whole_model_state
 from epochal.signals import PreemptionSignals
 from epochal.state import TrainState, capture_rng, restore_rng
 from epochal.step import Step, StepRecords, autocast, nonfinite_guard
@@ -121,10 +121,9 @@ class Training:
 
     def _register(self) -> StateRegistry:
         registry = StateRegistry()
-        sharded, by_name = self.sharded, self.sharded_checkpoints
-        registry.register("model", ModelState(self.model, sharded) if by_name else self.model, weights=True)
-        registry.register("optimizer", OptimizerState(self.model, self.optimizer, sharded) if by_name
-                          else self.optimizer)
+        by_name = self.sharded_checkpoints
+        registry.register("model", ModelState(self.model) if by_name else self.model, weights=True)
+        registry.register("optimizer", OptimizerState(self.model, self.optimizer) if by_name else self.optimizer)
         registry.register("scheduler", self.scheduler)
         if self.device_step.scaler is not None:
             registry.register("scaler", self.device_step.scaler)
@@ -133,8 +132,7 @@ class Training:
         registry.register("rng", RanksRNG(self.world))
         for callback in self.callbacks:
             if callback.key:
-                registry.register(callback.key, ShardedState(callback) if sharded else callback,
-                                  weights=provides_weights(callback))
+                registry.register(callback.key, callback, weights=provides_weights(callback))
         # What a sharded checkpoint writes through DCP: the entries whose tensors may be shards.
         self.shard_entries = ["model", "optimizer", *(c.key for c in self.callbacks if c.key)]
         return registry
